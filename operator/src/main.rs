@@ -1,1 +1,146 @@
-fn main(){}
+//! The `mooring` operator binary: one process serves the controller, health, metrics (and the
+//! dashboard once it exists).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use kube::Client;
+use mooring_operator::context::State;
+use mooring_operator::controller::Scope;
+use mooring_operator::leader::LeaseConfig;
+use mooring_operator::runner::{lead_and_control, wait_for_crd};
+use mooring_operator::telemetry::{self, LogFormat};
+use mooring_operator::server;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+#[derive(Parser, Debug)]
+#[command(name = "mooring", version, about = "Kubernetes operator for clustered MQTT brokers")]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the operator (the default).
+    Run,
+    /// Print the BrokerCluster CRD as YAML.
+    Crd,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Address of the HTTP server (health, metrics, dashboard).
+    #[arg(long, env = "MOORING_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "MOORING_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, env = "MOORING_LEASE_NAME", default_value = "mooring-operator")]
+    lease_name: String,
+    /// This replica's identity in the Lease (its Pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a lease stays valid without renewal.
+    #[arg(long, env = "MOORING_LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
+    /// Log format.
+    #[arg(long, env = "MOORING_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Some(Command::Crd) => {
+            print!("{}", mooring_crds::crd_yaml().context("rendering the CRD")?);
+            Ok(())
+        }
+        Some(Command::Run) | None => run(args.run).await,
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format);
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes API access (set KUBECONFIG or run in a Pod)")?;
+    let state = State::new();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+
+    let server = tokio::spawn(server::serve(
+        args.listen,
+        state.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
+
+    if wait_for_crd(&client, &shutdown).await {
+        state.set_ready(true);
+        let identity = args.identity.clone().unwrap_or_else(default_identity);
+        let lease = LeaseConfig {
+            name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone(),
+            identity: identity.clone(),
+            duration: Duration::from_secs(args.lease_seconds),
+        };
+        let scope = Scope {
+            namespace: args.namespace.clone(),
+        };
+        if let Err(e) = lead_and_control(client, state.clone(), lease, scope, &shutdown).await {
+            error!(error = %format!("{e:#}"), "operator stopped");
+            shutdown.cancel();
+            server.await.ok();
+            return Err(e);
+        }
+    }
+    shutdown.cancel();
+    server
+        .await
+        .context("HTTP server task")?
+        .context("HTTP server")?;
+    info!("stopped");
+    Ok(())
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "mooring".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+async fn stop_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                ctrl_c.await.ok();
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.ok();
+    info!("shutting down");
+    token.cancel();
+}

@@ -1,0 +1,96 @@
+//! The BrokerCluster controller: watches BrokerClusters and the children they own, and reconciles
+//! each through dereference -> render -> build -> apply -> status.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use mooring_crds::BrokerCluster;
+use tracing::{info, warn};
+
+use crate::context::Context;
+use crate::Error;
+
+mod reconcile;
+mod status;
+
+pub use reconcile::reconcile;
+
+/// Label selector of the children the controller watches.
+const OWNED_SELECTOR: &str = "app.kubernetes.io/managed-by=mooring";
+
+/// Where the controller watches: one namespace or all.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// `None` for every namespace.
+    pub namespace: Option<String>,
+}
+
+impl Scope {
+    fn api<K>(&self, client: &Client) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match &self.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, scope: Scope, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let clusters: Api<BrokerCluster> = scope.api(&client);
+    let owned = watcher::Config::default().labels(OWNED_SELECTOR);
+    Controller::new(clusters, watcher::Config::default())
+        .owns(scope.api::<StatefulSet>(&client), owned.clone())
+        .owns(scope.api::<ConfigMap>(&client), owned.clone())
+        .owns(scope.api::<Secret>(&client), owned.clone())
+        .owns(scope.api::<Service>(&client), owned.clone())
+        .owns(scope.api::<PodDisruptionBudget>(&client), owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(cluster = %obj, "reconciled"),
+                Err(e) => warn!(error = %e, "reconcile loop error"),
+            }
+        })
+        .await;
+    info!("controller stopped");
+}
+
+/// On failure: count it, emit a Warning Event, and retry with exponential backoff.
+fn error_policy(bc: Arc<BrokerCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = object_key(&bc);
+    let delay = ctx.next_backoff(&key);
+    warn!(cluster = %key, error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// `namespace/name` of a cluster.
+pub fn object_key(bc: &BrokerCluster) -> String {
+    format!("{}/{}", bc.namespace().unwrap_or_default(), bc.name_any())
+}
+
+/// Publishes an Event on the cluster; a failure to publish is logged, never fatal.
+pub(crate) async fn publish(ctx: &Context, bc: &BrokerCluster, type_: EventType, reason: &str, action: &str, note: String) {
+    let ev = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: action.to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &bc.object_ref(&())).await {
+        warn!(cluster = %object_key(bc), error = %e, "cannot publish event");
+    }
+}

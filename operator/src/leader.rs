@@ -1,0 +1,44 @@
+//! Leader election on a Lease: only the replica holding it runs the controller (and so writes).
+
+use std::time::Duration;
+
+use kube::Client;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
+use tokio::sync::watch;
+
+/// Lease settings.
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    /// Lease name.
+    pub name: String,
+    /// Lease namespace.
+    pub namespace: String,
+    /// This replica's identity (its Pod name).
+    pub identity: String,
+    /// How long a lease is valid without renewal.
+    pub duration: Duration,
+}
+
+/// The lease manager for `cfg`.
+pub async fn manager(client: Client, cfg: &LeaseConfig) -> Result<LeaseManager, kube_lease_manager::LeaseManagerError> {
+    LeaseManagerBuilder::new(client, &cfg.name)
+        .with_namespace(&cfg.namespace)
+        .with_identity(&cfg.identity)
+        .with_duration(cfg.duration.as_secs())
+        .with_grace(5)
+        .with_field_manager("mooring-leader")
+        .build()
+        .await
+}
+
+/// Waits until `rx` says this replica leads (true) or the channel closes (false).
+pub async fn wait_for(rx: &mut watch::Receiver<bool>, leading: bool) -> bool {
+    loop {
+        if *rx.borrow_and_update() == leading {
+            return true;
+        }
+        if rx.changed().await.is_err() {
+            return false;
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Runs the controller while this replica holds the leader lease. Shared by the binary and the
+//! integration tests, so that both exercise the same path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kube::api::ListParams;
+use kube::runtime::events::Reporter;
+use kube::{Api, Client};
+use mooring_crds::BrokerCluster;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::context::{Context, State};
+use crate::controller::{self, Scope};
+use crate::leader::{self, LeaseConfig};
+
+/// Campaigns for the lease and runs the controller while leading; steps down and campaigns again
+/// when the lease is lost; returns on shutdown (releasing the lease).
+pub async fn lead_and_control(
+    client: Client,
+    state: Arc<State>,
+    lease: LeaseConfig,
+    scope: Scope,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let manager = leader::manager(client.clone(), &lease)
+        .await
+        .context("creating the leader lease manager")?;
+    let (mut leading, lease_task) = manager.watch().await;
+    info!(lease = %lease.name, identity = %lease.identity, "campaigning for leadership");
+    loop {
+        let became_leader = tokio::select! {
+            _ = shutdown.cancelled() => false,
+            ok = leader::wait_for(&mut leading, true) => ok,
+        };
+        if !became_leader {
+            break;
+        }
+        info!("leading: starting the controller");
+        state.metrics.leader.set(1);
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            Reporter {
+                controller: "mooring".into(),
+                instance: Some(lease.identity.clone()),
+            },
+            state.clone(),
+        ));
+        let stop = {
+            let shutdown = shutdown.clone();
+            let mut leading = leading.clone();
+            async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {},
+                    _ = leader::wait_for(&mut leading, false) => {},
+                }
+            }
+        };
+        controller::run(ctx, scope.clone(), stop).await;
+        state.metrics.leader.set(0);
+        if shutdown.is_cancelled() {
+            break;
+        }
+        warn!("lost the lease: controller stopped, campaigning again");
+    }
+    drop(leading);
+    match lease_task.await {
+        Ok(Ok(_)) => info!("lease released"),
+        Ok(Err(e)) => warn!(error = %e, "lease manager ended with an error"),
+        Err(e) => warn!(error = %e, "lease task failed"),
+    }
+    Ok(())
+}
+
+/// Waits until BrokerClusters can be listed (the CRD is installed). False on shutdown.
+pub async fn wait_for_crd(client: &Client, shutdown: &CancellationToken) -> bool {
+    let api: Api<BrokerCluster> = Api::all(client.clone());
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match api.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(_) => return true,
+            Err(e) => warn!(error = %e, "cannot list BrokerClusters yet; is the CRD installed?"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(delay) => {},
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
