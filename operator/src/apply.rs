@@ -56,7 +56,11 @@ pub async fn apply<K: Child>(client: &Client, namespace: &str, obj: &K) -> Resul
 }
 
 /// Reads an object, `None` when it does not exist.
-pub async fn get_opt<K: Child>(client: &Client, namespace: &str, name: &str) -> Result<Option<K>, Error> {
+pub async fn get_opt<K: Child>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<K>, Error> {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     api.get_opt(name).await.map_err(|source| Error::Read {
         kind: K::kind(&()).to_string(),
@@ -96,7 +100,11 @@ pub async fn delete_unwanted<K: Child>(
 
 /// Deletes a StatefulSet but leaves its Pods running, so that it can be created again with fields
 /// that cannot be changed in place (volume claim templates).
-pub async fn delete_orphaning<K: Child>(client: &Client, namespace: &str, name: &str) -> Result<(), Error> {
+pub async fn delete_orphaning<K: Child>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<(), Error> {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let dp = DeleteParams {
         propagation_policy: Some(PropagationPolicy::Orphan),

@@ -142,7 +142,9 @@ pub fn compute(rollout: &Rollout, outcome: &Outcome) -> Vec<Computed> {
         Outcome::InvalidSpec(m) => {
             Computed::new(RECONCILE_SUCCESS, Status::False, "InvalidSpec", m.clone())
         }
-        Outcome::Failed(r, m) => Computed::new(RECONCILE_SUCCESS, Status::False, r.clone(), m.clone()),
+        Outcome::Failed(r, m) => {
+            Computed::new(RECONCILE_SUCCESS, Status::False, r.clone(), m.clone())
+        }
     });
 
     let nodes = format!("{}/{} broker nodes ready", rollout.ready, rollout.desired);
@@ -188,19 +190,34 @@ pub fn compute(rollout: &Rollout, outcome: &Outcome) -> Vec<Computed> {
     };
     out.push(match degraded {
         Some((r, m)) => Computed::new(DEGRADED, Status::True, r, m),
-        None => Computed::new(DEGRADED, Status::False, "Healthy", "nothing needs attention"),
+        None => Computed::new(
+            DEGRADED,
+            Status::False,
+            "Healthy",
+            "nothing needs attention",
+        ),
     });
 
     let ready = matches!(outcome, Outcome::Applied) && !progressing && degraded_is_false(&out);
     out.push(if ready {
         Computed::new(READY, Status::True, "AllNodesReady", nodes)
     } else if !matches!(outcome, Outcome::Applied) {
-        Computed::new(READY, Status::False, "ReconcileFailed", "see ReconcileSuccess")
+        Computed::new(
+            READY,
+            Status::False,
+            "ReconcileFailed",
+            "see ReconcileSuccess",
+        )
     } else {
         Computed::new(READY, Status::False, "NotAllNodesReady", nodes)
     });
 
-    out.push(Computed::new(PAUSED, Status::False, "Reconciling", "not paused"));
+    out.push(Computed::new(
+        PAUSED,
+        Status::False,
+        "Reconciling",
+        "not paused",
+    ));
     out
 }
 
@@ -235,7 +252,12 @@ pub fn membership_unchecked() -> Computed {
 /// Merges freshly computed conditions into the previous list: an unchanged status keeps its
 /// `lastTransitionTime`; every computed condition gets `generation`. Previous conditions of other
 /// types are kept as they were (with the generation they were computed for).
-pub fn merge(previous: &[Condition], computed: &[Computed], generation: Option<i64>, now: &Time) -> Vec<Condition> {
+pub fn merge(
+    previous: &[Condition],
+    computed: &[Computed],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
     let mut out: Vec<Condition> = previous
         .iter()
         .filter(|p| !computed.iter().any(|c| c.type_ == p.type_))
@@ -265,7 +287,12 @@ pub fn merge(previous: &[Condition], computed: &[Computed], generation: Option<i
         types::PAUSED,
         types::MEMBERSHIP_CONSISTENT,
     ];
-    out.sort_by_key(|c| order.iter().position(|t| *t == c.type_).unwrap_or(order.len()));
+    out.sort_by_key(|c| {
+        order
+            .iter()
+            .position(|t| *t == c.type_)
+            .unwrap_or(order.len())
+    });
     out
 }
 
@@ -312,7 +339,13 @@ mod tests {
         };
         let cs = compute(&r, &Outcome::Applied);
         assert_eq!(status_of(&cs, types::PROGRESSING), Status::True);
-        assert_eq!(cs.iter().find(|c| c.type_ == types::PROGRESSING).unwrap().reason, "Creating");
+        assert_eq!(
+            cs.iter()
+                .find(|c| c.type_ == types::PROGRESSING)
+                .unwrap()
+                .reason,
+            "Creating"
+        );
         assert_eq!(status_of(&cs, types::AVAILABLE), Status::False);
         assert_eq!(status_of(&cs, types::READY), Status::False);
         assert_eq!(status_of(&cs, types::DEGRADED), Status::False);
@@ -339,13 +372,31 @@ mod tests {
     fn merging_keeps_the_transition_time_of_an_unchanged_status() {
         let t0 = Time(Timestamp::from_second(1_000).unwrap());
         let t1 = Time(Timestamp::from_second(2_000).unwrap());
-        let first = merge(&[], &compute(&steady(3, 3), &Outcome::Applied), Some(1), &t0);
-        let again = merge(&first, &compute(&steady(3, 3), &Outcome::Applied), Some(2), &t1);
+        let first = merge(
+            &[],
+            &compute(&steady(3, 3), &Outcome::Applied),
+            Some(1),
+            &t0,
+        );
+        let again = merge(
+            &first,
+            &compute(&steady(3, 3), &Outcome::Applied),
+            Some(2),
+            &t1,
+        );
         let ready = find(&again, types::READY).unwrap();
         assert_eq!(ready.last_transition_time, t0);
         assert_eq!(ready.observed_generation, Some(2));
-        let changed = merge(&again, &compute(&steady(3, 1), &Outcome::Applied), Some(3), &t1);
-        assert_eq!(find(&changed, types::READY).unwrap().last_transition_time, t1);
+        let changed = merge(
+            &again,
+            &compute(&steady(3, 1), &Outcome::Applied),
+            Some(3),
+            &t1,
+        );
+        assert_eq!(
+            find(&changed, types::READY).unwrap().last_transition_time,
+            t1
+        );
         assert!(changed.iter().all(|c| c.observed_generation == Some(3)));
     }
 

@@ -46,9 +46,18 @@ pub fn resolve(existing: Option<&Secret>) -> Resolved {
     let admin_username = take(secret_keys::ADMIN_USERNAME, &|| ADMIN_USERNAME.to_string());
     let admin_password = take(secret_keys::ADMIN_PASSWORD, &|| random_token(PASSWORD_LEN));
     let data = BTreeMap::from([
-        (secret_keys::ERLANG_COOKIE.to_string(), erlang_cookie.clone()),
-        (secret_keys::ADMIN_USERNAME.to_string(), admin_username.clone()),
-        (secret_keys::ADMIN_PASSWORD.to_string(), admin_password.clone()),
+        (
+            secret_keys::ERLANG_COOKIE.to_string(),
+            erlang_cookie.clone(),
+        ),
+        (
+            secret_keys::ADMIN_USERNAME.to_string(),
+            admin_username.clone(),
+        ),
+        (
+            secret_keys::ADMIN_PASSWORD.to_string(),
+            admin_password.clone(),
+        ),
     ]);
     Resolved {
         credentials: Credentials {

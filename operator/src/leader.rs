@@ -20,7 +20,10 @@ pub struct LeaseConfig {
 }
 
 /// The lease manager for `cfg`.
-pub async fn manager(client: Client, cfg: &LeaseConfig) -> Result<LeaseManager, kube_lease_manager::LeaseManagerError> {
+pub async fn manager(
+    client: Client,
+    cfg: &LeaseConfig,
+) -> Result<LeaseManager, kube_lease_manager::LeaseManagerError> {
     LeaseManagerBuilder::new(client, &cfg.name)
         .with_namespace(&cfg.namespace)
         .with_identity(&cfg.identity)

@@ -11,13 +11,17 @@ use mooring_operator::context::State;
 use mooring_operator::controller::Scope;
 use mooring_operator::leader::LeaseConfig;
 use mooring_operator::runner::{lead_and_control, wait_for_crd};
-use mooring_operator::telemetry::{self, LogFormat};
 use mooring_operator::server;
+use mooring_operator::telemetry::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 #[derive(Parser, Debug)]
-#[command(name = "mooring", version, about = "Kubernetes operator for clustered MQTT brokers")]
+#[command(
+    name = "mooring",
+    version,
+    about = "Kubernetes operator for clustered MQTT brokers"
+)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,

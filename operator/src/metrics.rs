@@ -105,7 +105,13 @@ mod tests {
         let mut out = String::new();
         encode(&mut out, &registry).unwrap();
         assert!(out.contains("mooring_reconciliations_total 1"), "{out}");
-        assert!(out.contains("mooring_reconcile_failures_total{reason=\"ApplyFailed\"} 1"), "{out}");
-        assert!(out.contains("mooring_reconcile_duration_seconds_count 1"), "{out}");
+        assert!(
+            out.contains("mooring_reconcile_failures_total{reason=\"ApplyFailed\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("mooring_reconcile_duration_seconds_count 1"),
+            "{out}"
+        );
     }
 }

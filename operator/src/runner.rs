@@ -90,4 +90,3 @@ pub async fn wait_for_crd(client: &Client, shutdown: &CancellationToken) -> bool
         delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
-

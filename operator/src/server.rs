@@ -72,14 +72,19 @@ mod tests {
             .await
             .unwrap();
         let status = res.status();
-        let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
         (status, String::from_utf8(body.to_vec()).unwrap())
     }
 
     #[tokio::test]
     async fn readiness_follows_the_state_and_metrics_are_served() {
         let state = State::new();
-        assert_eq!(get_status(state.clone(), "/healthz").await.0, StatusCode::OK);
+        assert_eq!(
+            get_status(state.clone(), "/healthz").await.0,
+            StatusCode::OK
+        );
         assert_eq!(
             get_status(state.clone(), "/readyz").await.0,
             StatusCode::SERVICE_UNAVAILABLE

@@ -274,11 +274,10 @@ fn validate_features(spec: &BrokerClusterSpec) -> Result<(), RenderError> {
                 ),
             ));
         }
-        let one_subject = match (&rule.username, rule.all) {
-            (Some(_), None | Some(false)) => true,
-            (None, Some(true)) => true,
-            _ => false,
-        };
+        let one_subject = matches!(
+            (&rule.username, rule.all),
+            (Some(_), None | Some(false)) | (None, Some(true))
+        );
         if !one_subject {
             return Err(invalid(
                 format!("auth.acl[{i}]"),
@@ -466,8 +465,9 @@ fn render_conf(input: &RenderInput<'_>, version: BrokerVersion) -> Result<String
         .keys()
         .any(|k| k.starts_with("vm_memory_high_watermark."));
     kv.retain(|(k, _)| {
-        !overrides.contains_key(k)
-            && !(watermark_overridden && k.starts_with("vm_memory_high_watermark."))
+        let replaced = overrides.contains_key(k)
+            || (watermark_overridden && k.starts_with("vm_memory_high_watermark."));
+        !replaced
     });
 
     let mut out = format!(

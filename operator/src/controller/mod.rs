@@ -46,7 +46,11 @@ impl Scope {
 }
 
 /// Runs the controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, scope: Scope, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    ctx: Arc<Context>,
+    scope: Scope,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     let clusters: Api<BrokerCluster> = scope.api(&client);
     let owned = watcher::Config::default().labels(OWNED_SELECTOR);
@@ -82,7 +86,14 @@ pub fn object_key(bc: &BrokerCluster) -> String {
 }
 
 /// Publishes an Event on the cluster; a failure to publish is logged, never fatal.
-pub(crate) async fn publish(ctx: &Context, bc: &BrokerCluster, type_: EventType, reason: &str, action: &str, note: String) {
+pub(crate) async fn publish(
+    ctx: &Context,
+    bc: &BrokerCluster,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let ev = Event {
         type_,
         reason: reason.to_string(),

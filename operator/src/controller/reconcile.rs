@@ -87,7 +87,15 @@ pub async fn reconcile(bc: Arc<BrokerCluster>, ctx: Arc<Context>) -> Result<Acti
                 &status::last_rollout(&bc),
                 &Outcome::InvalidSpec(message.clone()),
             );
-            publish(&ctx, &bc, EventType::Warning, "InvalidSpec", "Render", message).await;
+            publish(
+                &ctx,
+                &bc,
+                EventType::Warning,
+                "InvalidSpec",
+                "Render",
+                message,
+            )
+            .await;
             status::write(&ctx, &bc, computed, None, None).await?;
             Ok(Action::await_change())
         }
@@ -98,7 +106,15 @@ pub async fn reconcile(bc: Arc<BrokerCluster>, ctx: Arc<Context>) -> Result<Acti
                 &status::last_rollout(&bc),
                 &Outcome::Failed(error.reason().to_string(), message.clone()),
             );
-            publish(&ctx, &bc, EventType::Warning, error.reason(), "Reconcile", message).await;
+            publish(
+                &ctx,
+                &bc,
+                EventType::Warning,
+                error.reason(),
+                "Reconcile",
+                message,
+            )
+            .await;
             // Best effort: the reconcile error below is what drives the retry.
             if let Err(e) = status::write(&ctx, &bc, computed, None, None).await {
                 tracing::warn!(error = %e, "cannot record the failure in status");
@@ -170,9 +186,13 @@ async fn converge(bc: &BrokerCluster, ctx: &Context, names: &ChildNames) -> Resu
     if let Some(pdb) = &pdb {
         apply(client, ns, pdb).await?;
     }
-    let removed =
-        delete_unwanted::<PodDisruptionBudget>(client, ns, &children_selector(&names.cluster.name), &keep_pdb)
-            .await?;
+    let removed = delete_unwanted::<PodDisruptionBudget>(
+        client,
+        ns,
+        &children_selector(&names.cluster.name),
+        &keep_pdb,
+    )
+    .await?;
     for name in removed {
         info!(pdb = %name, "removed a PodDisruptionBudget the spec no longer wants");
     }
@@ -202,7 +222,8 @@ async fn replace_stateful_set(ctx: &Context, bc: &BrokerCluster, names: &ChildNa
         EventType::Normal,
         "StatefulSetReplaced",
         "Apply",
-        "persistence settings changed: the StatefulSet was recreated; running Pods were kept".into(),
+        "persistence settings changed: the StatefulSet was recreated; running Pods were kept"
+            .into(),
     )
     .await;
     Ok(())
@@ -227,7 +248,9 @@ fn referenced_secrets(bc: &BrokerCluster) -> Vec<(&'static str, &SecretRef)> {
 async fn read_secret(ctx: &Context, ns: &str, r: &SecretRef, field: &str) -> Result<Secret> {
     get_opt::<Secret>(&ctx.client, ns, &r.name)
         .await?
-        .ok_or_else(|| Error::MissingSecret(format!("{field}: Secret {ns}/{} does not exist", r.name)))
+        .ok_or_else(|| {
+            Error::MissingSecret(format!("{field}: Secret {ns}/{} does not exist", r.name))
+        })
 }
 
 /// A Secret's values as UTF-8 strings (values that are not UTF-8 are skipped).

@@ -53,7 +53,10 @@ pub fn endpoints(names: &ChildNames, layout: &BrokerLayout) -> Vec<Endpoint> {
         .client_ports
         .iter()
         .map(|p| Endpoint {
-            name: p.name.clone().unwrap_or_else(|| p.container_port.to_string()),
+            name: p
+                .name
+                .clone()
+                .unwrap_or_else(|| p.container_port.to_string()),
             address: format!("{host}:{}", p.container_port),
         })
         .collect()
@@ -70,7 +73,9 @@ pub async fn write(
     endpoints: Option<Vec<Endpoint>>,
 ) -> Result<()> {
     let previous = bc.status.clone().unwrap_or_default();
-    let paused = computed.iter().any(|c| c.type_ == types::PAUSED && c.status == conditions::Status::True);
+    let paused = computed
+        .iter()
+        .any(|c| c.type_ == types::PAUSED && c.status == conditions::Status::True);
     if conditions::find(&previous.conditions, types::MEMBERSHIP_CONSISTENT).is_none() {
         computed.push(conditions::membership_unchecked());
     }
@@ -93,7 +98,8 @@ pub async fn write(
     }
     announce_transitions(ctx, bc, &previous.conditions, &next.conditions).await;
 
-    let api: Api<BrokerCluster> = Api::namespaced(ctx.client.clone(), &bc.namespace().unwrap_or_default());
+    let api: Api<BrokerCluster> =
+        Api::namespaced(ctx.client.clone(), &bc.namespace().unwrap_or_default());
     let body = serde_json::json!({
         "apiVersion": "mooring.dev/v1alpha1",
         "kind": "BrokerCluster",
@@ -122,7 +128,12 @@ fn same_ignoring_times(a: &BrokerClusterStatus, b: &BrokerClusterStatus) -> bool
 }
 
 /// Events for the transitions people act on: Ready, Degraded and Paused.
-async fn announce_transitions(ctx: &Context, bc: &BrokerCluster, before: &[Condition], after: &[Condition]) {
+async fn announce_transitions(
+    ctx: &Context,
+    bc: &BrokerCluster,
+    before: &[Condition],
+    after: &[Condition],
+) {
     for c in after {
         let was = conditions::find(before, &c.type_).map(|p| p.status.as_str());
         if was == Some(c.status.as_str()) {
@@ -137,6 +148,14 @@ async fn announce_transitions(ctx: &Context, bc: &BrokerCluster, before: &[Condi
             (types::PAUSED, "False") if was == Some("True") => (EventType::Normal, "Resumed"),
             _ => continue,
         };
-        publish(ctx, bc, type_, reason, "StatusChange", format!("{}: {}", c.reason, c.message)).await;
+        publish(
+            ctx,
+            bc,
+            type_,
+            reason,
+            "StatusChange",
+            format!("{}: {}", c.reason, c.message),
+        )
+        .await;
     }
 }

@@ -181,7 +181,10 @@ pub fn child_meta(bc: &BrokerCluster, name: &str, owner: &OwnerReference) -> Obj
 /// what the broker reads at boot rolls the Pods.
 pub fn config_checksum(layout: &BrokerLayout) -> String {
     let mut h = Sha256::new();
-    for (section, files) in [("config", &layout.config_files), ("secret", &layout.secret_files)] {
+    for (section, files) in [
+        ("config", &layout.config_files),
+        ("secret", &layout.secret_files),
+    ] {
         for (name, content) in files {
             h.update(section.as_bytes());
             h.update([0]);
@@ -270,7 +273,8 @@ mod tests {
         b.secret_files.insert("x".into(), "1".into());
         assert_ne!(config_checksum(&a), config_checksum(&b));
         let mut c = layout();
-        c.config_files.insert("broker.conf".into(), "changed".into());
+        c.config_files
+            .insert("broker.conf".into(), "changed".into());
         assert_ne!(config_checksum(&a), config_checksum(&c));
     }
 

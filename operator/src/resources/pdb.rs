@@ -42,10 +42,7 @@ mod tests {
         let bc = cluster("demo", mooring_crds::BrokerKind::Emqx);
         let names = ChildNames::of(&bc).unwrap();
         let pdb = pod_disruption_budget(&bc, &names, &owner_reference(&bc).unwrap()).unwrap();
-        assert_eq!(
-            pdb.spec.unwrap().max_unavailable,
-            Some(IntOrString::Int(1))
-        );
+        assert_eq!(pdb.spec.unwrap().max_unavailable, Some(IntOrString::Int(1)));
     }
 
     #[test]

@@ -9,14 +9,15 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec,
-    SecretVolumeSource, Volume, VolumeMount, VolumeResourceRequirements,
-    WeightedPodAffinityTerm,
+    SecretVolumeSource, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use mooring_crds::{BrokerCluster, VolumeReclaimPolicy};
 
 use super::{child_meta, labels, selector_labels, ChildNames, CONFIG_CHECKSUM_ANNOTATION};
-use crate::broker_config::BrokerLayout;
+use crate::broker_config::{
+    config_file_mounts, pod_security_context, tls_mounts, BrokerLayout, TLS_SECRET_MODE,
+};
 
 /// Name of the data volume (and of the volumeClaimTemplate when persistence is on).
 pub const DATA_VOLUME: &str = "data";
@@ -39,6 +40,47 @@ pub fn stateful_set(
     let mut env = layout.env.clone();
     env.extend(spec.env.iter().cloned());
 
+    let mut mounts = vec![
+        VolumeMount {
+            name: CONFIG_VOLUME.into(),
+            mount_path: layout.config_mount_path.clone(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: SECRET_VOLUME.into(),
+            mount_path: layout.secret_mount_path.clone(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: DATA_VOLUME.into(),
+            mount_path: layout.data_mount_path.clone(),
+            ..VolumeMount::default()
+        },
+    ];
+    // Files the broker only reads from a fixed path (EMQX's etc/emqx.conf).
+    mounts.extend(
+        config_file_mounts(spec.broker.kind)
+            .into_iter()
+            .map(|f| VolumeMount {
+                name: CONFIG_VOLUME.into(),
+                mount_path: f.mount_path.into(),
+                sub_path: Some(f.file.into()),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }),
+    );
+    let tls = tls_mounts(spec);
+    for t in &tls {
+        mounts.push(VolumeMount {
+            name: tls_volume(t.listener),
+            mount_path: t.mount_path.clone(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+
     let container = Container {
         name: spec.broker.kind.as_str().to_string(),
         image: Some(layout.image.clone()),
@@ -50,25 +92,7 @@ pub fn stateful_set(
         liveness_probe: Some(layout.liveness_probe.clone()),
         startup_probe: layout.startup_probe.clone(),
         resources: spec.resources.clone(),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: CONFIG_VOLUME.into(),
-                mount_path: layout.config_mount_path.clone(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: SECRET_VOLUME.into(),
-                mount_path: layout.secret_mount_path.clone(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: DATA_VOLUME.into(),
-                mount_path: layout.data_mount_path.clone(),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(mounts),
         ..Container::default()
     };
 
@@ -91,6 +115,15 @@ pub fn stateful_set(
             ..Volume::default()
         },
     ];
+    volumes.extend(tls.iter().map(|t| Volume {
+        name: tls_volume(t.listener),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(t.secret_name.clone()),
+            default_mode: Some(TLS_SECRET_MODE),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }));
     let claim_templates = if persistence.enabled {
         Some(vec![data_claim_template(bc)])
     } else {
@@ -115,6 +148,7 @@ pub fn stateful_set(
         ),
         termination_grace_period_seconds: Some(layout.termination_grace_period_seconds),
         enable_service_links: Some(false),
+        security_context: pod_security_context(spec.broker.kind),
         ..PodSpec::default()
     };
 
@@ -154,6 +188,10 @@ pub fn stateful_set(
         }),
         ..StatefulSet::default()
     }
+}
+
+fn tls_volume(listener: &str) -> String {
+    format!("tls-{listener}")
 }
 
 fn reclaim(p: VolumeReclaimPolicy) -> &'static str {
@@ -241,8 +279,8 @@ mod tests {
     use super::*;
     use crate::resources::fixtures::*;
     use crate::resources::owner_reference;
-    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use k8s_openapi::api::core::v1::EnvVar;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     fn build(bc: &BrokerCluster) -> StatefulSet {
         let names = ChildNames::of(bc).unwrap();
@@ -313,9 +351,46 @@ mod tests {
         }];
         bc.spec.node_selector = BTreeMap::from([("disk".into(), "ssd".into())]);
         let pod = build(&bc).spec.unwrap().template.spec.unwrap();
-        assert_eq!(pod.containers[0].env.as_ref().unwrap().last().unwrap().name, "EXTRA");
+        assert_eq!(
+            pod.containers[0].env.as_ref().unwrap().last().unwrap().name,
+            "EXTRA"
+        );
         assert_eq!(pod.node_selector.unwrap()["disk"], "ssd");
         assert!(pod.affinity.unwrap().pod_anti_affinity.is_some());
+    }
+
+    #[test]
+    fn tls_listeners_mount_their_secrets_and_emqx_gets_its_config_file_and_fs_group() {
+        let mut bc = cluster("demo", mooring_crds::BrokerKind::Emqx);
+        bc.spec.listeners.tls = Some(mooring_crds::TlsListenerSpec {
+            port: 8883,
+            secret_ref: mooring_crds::SecretRef {
+                name: "demo-tls".into(),
+                key: None,
+            },
+        });
+        let pod = build(&bc).spec.unwrap().template.spec.unwrap();
+        let vol = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("demo-tls"))
+            .expect("a volume for the TLS Secret");
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        let tls = mounts.iter().find(|m| m.name == vol.name).unwrap();
+        assert!(tls.mount_path.ends_with("/mqtts"), "{}", tls.mount_path);
+        assert!(mounts
+            .iter()
+            .any(|m| m.sub_path.as_deref() == Some("emqx.conf")
+                && m.mount_path == "/opt/emqx/etc/emqx.conf"));
+        assert!(pod.security_context.and_then(|s| s.fs_group).is_some());
+    }
+
+    #[test]
+    fn a_rabbitmq_pod_gets_no_fs_group_that_would_widen_the_cookie_mode() {
+        let bc = cluster("demo", mooring_crds::BrokerKind::Rabbitmq);
+        let pod = build(&bc).spec.unwrap().template.spec.unwrap();
+        assert!(pod.security_context.is_none());
     }
 
     #[test]
