@@ -16,12 +16,15 @@ use crate::status::BrokerClusterStatus;
 
 /// The CEL rule every MQTT topic filter must pass: `#` only as the whole last level, `+` only as a
 /// whole level, no empty filter and no NUL.
-pub const TOPIC_FILTER_RULE: &str = r"self.matches('^(#|(\\+|[^+#/\\x00]*)(/(\\+|[^+#/\\x00]*))*(/#)?)$') && size(self) > 0";
+pub const TOPIC_FILTER_RULE: &str =
+    r"self.matches('^(#|(\\+|[^+#/\\x00]*)(/(\\+|[^+#/\\x00]*))*(/#)?)$') && size(self) > 0";
 /// The message the API server returns when [`TOPIC_FILTER_RULE`] fails.
 pub const TOPIC_FILTER_MESSAGE: &str =
     "must be a valid MQTT topic filter: '#' only as the whole last level, '+' only as a whole level";
 
 /// Desired state of a clustered MQTT broker managed by Mooring.
+// clippy reads the repeated `type_ = ...` of the printcolumns below as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "mooring.dev",
@@ -33,7 +36,10 @@ pub const TOPIC_FILTER_MESSAGE: &str =
     status = "BrokerClusterStatus",
     derive = "PartialEq",
     doc = "A clustered MQTT broker (EMQX or RabbitMQ) that Mooring runs, keeps clustered and load-balances.",
-    scale(spec_replicas_path = ".spec.replicas", status_replicas_path = ".status.replicas"),
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas"
+    ),
     printcolumn(name = "Broker", type_ = "string", json_path = ".spec.broker.kind"),
     printcolumn(name = "Version", type_ = "string", json_path = ".spec.broker.version"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
@@ -49,16 +55,24 @@ pub const TOPIC_FILTER_MESSAGE: &str =
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(
+    validation = kube::core::Rule::new("self.broker.kind == oldSelf.broker.kind")
+        .message("broker.kind cannot be changed: create a new BrokerCluster and move clients to it")
+        .field_path(".broker.kind"),
     validation = kube::core::Rule::new("self.broker.kind != 'rabbitmq' || !has(self.auth.jwt)")
         .message("auth.jwt is supported for broker kind emqx only")
         .field_path(".auth.jwt"),
     validation = kube::core::Rule::new("self.broker.kind != 'rabbitmq' || !self.session.exclusiveSubscriptions")
         .message("session.exclusiveSubscriptions is supported for broker kind emqx only")
         .field_path(".session.exclusiveSubscriptions"),
-    validation = kube::core::Rule::new("self.broker.kind != 'rabbitmq' || self.auth.acl.all(r, r.permission == 'allow')")
+    // `acl` is omitted when empty, and CEL fails on a missing key: hence the has() guard.
+    validation = kube::core::Rule::new("self.broker.kind != 'rabbitmq' || !has(self.auth.acl) || self.auth.acl.all(r, r.permission == 'allow')")
         .message("rabbitmq topic authorisation can only allow: list what to allow and leave the rest denied")
         .field_path(".auth.acl"),
 )]
@@ -333,8 +347,11 @@ pub struct AclRule {
     pub all: Option<bool>,
     /// What the rule covers: `publish`, `subscribe` or `all`.
     pub action: AclAction,
-    /// MQTT topic filter: `+` matches one level, `#` the rest (last level only).
-    #[schemars(length(min = 1, max = 65535))]
+    /// MQTT topic filter: `+` matches one level, `#` the rest (last level only). At most 4096
+    /// characters.
+    // The max length bounds the API server's CEL cost estimate of the rule below (with 65535 the
+    // CRD was rejected: "estimated rule cost exceeds budget by factor of 8.1x").
+    #[schemars(length(min = 1, max = 4096))]
     #[x_kube(validation = kube::core::Rule::new(TOPIC_FILTER_RULE).message(TOPIC_FILTER_MESSAGE))]
     pub topic: String,
     /// `allow` or `deny`.
@@ -535,9 +552,11 @@ impl Default for RepairSpec {
 #[serde(rename_all = "camelCase")]
 pub struct MonitoringSpec {
     /// Topics whose message rates are metered (EMQX topic metrics; measured by Mooring elsewhere).
-    /// Exact topics, no wildcards.
+    /// Exact topics, no wildcards, each at most 4096 characters.
+    // The item max length bounds the API server's CEL cost estimate of the rule below (unbounded,
+    // the CRD was rejected: "estimated rule cost exceeds budget by factor of 32.2x").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 512))]
+    #[schemars(length(max = 512), inner(length(max = 4096)))]
     #[x_kube(validation = kube::core::Rule::new("self.all(t, size(t) > 0 && !t.contains('+') && !t.contains('#'))")
         .message("metered topics must be exact topics, without + or #"))]
     pub metered_topics: Vec<String>,
