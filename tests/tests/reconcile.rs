@@ -436,6 +436,10 @@ async fn replicas_and_config_changes_update_the_stateful_set() -> Result<()> {
             );
         }
     }
+    wait_for::<PodDisruptionBudget>(&client, &ns, "c", "the PodDisruptionBudget", |_| true).await?;
+    patch_spec(&client, &ns, "c", json!({"replicas": 1})).await?;
+    wait_gone::<PodDisruptionBudget>(&client, &ns, "c").await?;
+    wait_for::<StatefulSet>(&client, &ns, "c", "1 replica", |s| sts_replicas(s) == 1).await?;
     let secret_after: Secret = wait_for(&client, &ns, "c-credentials", "Secret", |_| true).await?;
     assert_eq!(
         secret_value(&secret_before, "erlang-cookie"),
