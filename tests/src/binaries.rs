@@ -1,24 +1,13 @@
 //! Finding (and, once per machine, building) the control-plane binaries.
 
-use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 
-/// The Kubernetes version the harness runs unless `MOORING_K8S_VERSION` says otherwise. It must match
-/// the default of `scripts/build-control-plane.sh`.
-pub const DEFAULT_K8S_VERSION: &str = "v1.34.4";
+pub use mooring_localkube::DEFAULT_K8S_VERSION;
 
 /// The binaries the harness itself starts.
 pub const REQUIRED_BINARIES: [&str; 3] = ["etcd", "kube-apiserver", "kube-controller-manager"];
-
-/// The build script, relative to this crate.
-fn build_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-control-plane.sh")
-}
 
 /// The directory that holds etcd, kube-apiserver and kube-controller-manager (and kubectl, helm).
 ///
@@ -30,124 +19,5 @@ fn build_script() -> PathBuf {
 ///
 /// This blocks (possibly for a long time): call it from `spawn_blocking` in async code.
 pub fn locate_binaries() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("MOORING_K8S_BINS") {
-        let dir = PathBuf::from(dir);
-        check_complete(&dir).with_context(|| {
-            format!(
-                "MOORING_K8S_BINS={} does not hold the control-plane binaries",
-                dir.display()
-            )
-        })?;
-        return Ok(dir);
-    }
-    let cache = cache_dir()?;
-    let version =
-        std::env::var("MOORING_K8S_VERSION").unwrap_or_else(|_| DEFAULT_K8S_VERSION.to_string());
-    let dir = cache.join("k8s-bins").join(&version);
-    if check_complete(&dir).is_ok() {
-        return Ok(dir);
-    }
-
-    fs::create_dir_all(cache.join("k8s-bins"))
-        .with_context(|| format!("cannot create {}", cache.join("k8s-bins").display()))?;
-    let _lock = FileLock::exclusive(&cache.join("k8s-bins").join(".build.lock"))?;
-    // Somebody else may have finished the build while we waited for the lock.
-    if check_complete(&dir).is_ok() {
-        return Ok(dir);
-    }
-    let built = run_build_script()?;
-    check_complete(&built).with_context(|| {
-        format!(
-            "{} finished but {} is incomplete",
-            build_script().display(),
-            built.display()
-        )
-    })?;
-    Ok(built)
-}
-
-fn cache_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("MOORING_CACHE") {
-        return Ok(PathBuf::from(dir));
-    }
-    let home: OsString = std::env::var_os("HOME")
-        .context("neither MOORING_K8S_BINS, MOORING_CACHE nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".cache/mooring"))
-}
-
-fn check_complete(dir: &Path) -> Result<()> {
-    let missing: Vec<&str> = REQUIRED_BINARIES
-        .iter()
-        .copied()
-        .filter(|b| !is_executable(&dir.join(b)))
-        .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        bail!("missing in {}: {}", dir.display(), missing.join(", "))
-    }
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
-fn run_build_script() -> Result<PathBuf> {
-    let script = build_script();
-    eprintln!(
-        "mooring-tests: control-plane binaries missing; running {} (one-time, 15-30 minutes)",
-        script.display()
-    );
-    let out = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot run {}", script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed ({}); see its output above",
-            script.display(),
-            out.status
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .with_context(|| format!("{} printed no directory", script.display()))?;
-    Ok(PathBuf::from(last))
-}
-
-/// An exclusive `flock` held until dropped (the kernel releases it if the process dies).
-struct FileLock {
-    _file: File,
-}
-
-impl FileLock {
-    fn exclusive(path: &Path) -> Result<Self> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .with_context(|| format!("cannot open lock file {}", path.display()))?;
-        loop {
-            // SAFETY: flock on a file descriptor we own; no memory is involved.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                return Ok(Self { _file: file });
-            }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(err).with_context(|| format!("cannot lock {}", path.display()));
-            }
-        }
-    }
+    Ok(mooring_localkube::locate_binaries(&REQUIRED_BINARIES)?)
 }

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -14,9 +13,13 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::PostParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
+use mooring_localkube::components::{
+    controller_manager_args, etcd_args, free_ports, kubeconfig_yaml, readyz, token_csv,
+    write_private, ApiServer, TokenUser,
+};
+use mooring_localkube::pki;
 
 use crate::binaries::locate_binaries;
-use crate::pki;
 use crate::process::{log_tail, stop_all, Process};
 
 /// The environment variable that keeps a control plane's state directory (logs, etcd data, keys,
@@ -124,6 +127,12 @@ impl From<anyhow::Error> for AttemptError {
     }
 }
 
+impl From<mooring_localkube::Error> for AttemptError {
+    fn from(e: mooring_localkube::Error) -> Self {
+        AttemptError::Fatal(e.into())
+    }
+}
+
 impl ControlPlane {
     /// Starts etcd and kube-apiserver (and kube-controller-manager when asked) and waits until the
     /// API server is ready (`/readyz`) and, with the controller manager, until it works (the
@@ -154,7 +163,7 @@ impl ControlPlane {
         opts: &ControlPlaneOptions,
         begin: Instant,
     ) -> Result<Self, AttemptError> {
-        let [etcd_port, peer_port, api_port] = free_ports()?;
+        let [etcd_port, peer_port, api_port] = free_ports::<3>()?;
         let state_dir = create_state_dir()?;
         let server = format!("https://127.0.0.1:{api_port}");
         let mut cp = ControlPlane {
@@ -187,41 +196,22 @@ impl ControlPlane {
             tokens.insert(u.name.clone(), pki::random_token()?);
         }
         let token_file = pki_dir.join("tokens.csv");
-        write_private(&token_file, &token_csv(&tokens, &opts.users))?;
+        write_private(&token_file, &token_csv(&token_users(&tokens, &opts.users)))?;
         let ca = pki_dir.join("apiserver.crt");
-        let kubeconfig_text = kubeconfig_yaml(&server, &ca, &tokens);
-        write_private(&cp.kubeconfig, &kubeconfig_text)?;
+        write_private(&cp.kubeconfig, &harness_kubeconfig(&server, &ca, &tokens))?;
 
-        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let etcd_args = vec![
-            "--name=test".to_string(),
-            format!("--data-dir={}", cp.state_dir.join("etcd").display()),
-            format!("--listen-client-urls={etcd_url}"),
-            format!("--advertise-client-urls={etcd_url}"),
-            format!("--listen-peer-urls={peer_url}"),
-            format!("--initial-advertise-peer-urls={peer_url}"),
-            format!("--initial-cluster=test={peer_url}"),
-            "--unsafe-no-fsync=true".to_string(),
-        ];
-        let mut api_args = vec![
-            format!("--etcd-servers={etcd_url}"),
-            "--bind-address=127.0.0.1".to_string(),
-            "--advertise-address=127.0.0.1".to_string(),
-            format!("--secure-port={api_port}"),
-            format!("--cert-dir={}", pki_dir.display()),
-            "--service-cluster-ip-range=10.0.0.0/24".to_string(),
-            format!("--service-account-issuer={server}/"),
-            format!("--service-account-key-file={}", sa_pub.display()),
-            format!("--service-account-signing-key-file={}", sa_key.display()),
-            "--authorization-mode=RBAC".to_string(),
-            format!("--token-auth-file={}", token_file.display()),
-            "--allow-privileged=true".to_string(),
-            "--disable-admission-plugins=ServiceAccount".to_string(),
-            // The default reconciler puts the advertise address into the `kubernetes` Endpoints,
-            // which rejects loopback addresses: an error in the log every 10 s, and no use here.
-            "--endpoint-reconciler-type=none".to_string(),
-        ];
+        let etcd_args = etcd_args("test", &cp.state_dir.join("etcd"), etcd_port, peer_port);
+        let mut api_args = ApiServer {
+            etcd_url: format!("http://127.0.0.1:{etcd_port}"),
+            port: api_port,
+            advertise_address: "127.0.0.1".to_string(),
+            cert_dir: pki_dir.clone(),
+            service_cluster_ip_range: "10.0.0.0/24".to_string(),
+            sa_public_key: sa_pub,
+            sa_private_key: sa_key.clone(),
+            token_file,
+        }
+        .args();
         api_args.extend(opts.apiserver_args.iter().cloned());
 
         cp.spawn("etcd", &etcd_args)?;
@@ -232,21 +222,13 @@ impl ControlPlane {
         cp.wait_until(
             "kube-apiserver /readyz",
             opts.start_timeout,
-            move || async move { readyz(&this.client().await?).await },
+            move || async move { Ok(readyz(&this.client().await?).await?) },
         )
         .await?;
 
         if opts.controller_manager {
-            let mut kcm_args = vec![
-                format!("--kubeconfig={}", cp.kubeconfig.display()),
-                "--leader-elect=false".to_string(),
-                // No serving endpoint: nothing to probe it with a certificate for.
-                "--secure-port=0".to_string(),
-                "--use-service-account-credentials=false".to_string(),
-                format!("--service-account-private-key-file={}", sa_key.display()),
-                format!("--root-ca-file={}", ca.display()),
-                format!("--controllers={}", opts.controllers.join(",")),
-            ];
+            let mut kcm_args =
+                controller_manager_args(&cp.kubeconfig, &sa_key, &ca, &opts.controllers);
             kcm_args.extend(opts.controller_manager_args.iter().cloned());
             cp.spawn("kube-controller-manager", &kcm_args)?;
             if serviceaccount_controller_enabled(&opts.controllers) {
@@ -413,7 +395,7 @@ impl ControlPlane {
         let ca = self.state_dir.join("pki/apiserver.crt");
         let mut tokens = BTreeMap::new();
         tokens.insert(ADMIN_USER.to_string(), token);
-        let kubeconfig = Kubeconfig::from_yaml(&kubeconfig_yaml(&self.server, &ca, &tokens))
+        let kubeconfig = Kubeconfig::from_yaml(&harness_kubeconfig(&self.server, &ca, &tokens))
             .context("cannot parse the generated ServiceAccount kubeconfig")?;
         let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
@@ -526,18 +508,6 @@ impl std::fmt::Debug for ControlPlane {
     }
 }
 
-async fn readyz(client: &Client) -> Result<()> {
-    let request = http::Request::get("/readyz")
-        .body(Vec::new())
-        .context("cannot build the /readyz request")?;
-    let body = client.request_text(request).await?;
-    if body.trim() == "ok" {
-        Ok(())
-    } else {
-        bail!("/readyz answered {body:?}")
-    }
-}
-
 fn serviceaccount_controller_enabled(controllers: &[String]) -> bool {
     let all = controllers.iter().any(|c| c == "*");
     let named = controllers.iter().any(|c| c == "serviceaccount");
@@ -556,18 +526,6 @@ fn validate_users(users: &[TestUser]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Three distinct free loopback ports. All are held open until all are chosen, so they differ;
-/// another process can still take one before the component binds it, which `start` retries.
-fn free_ports() -> Result<[u16; 3]> {
-    let bind = || TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind a free port");
-    let listeners = [bind()?, bind()?, bind()?];
-    let mut ports = [0u16; 3];
-    for (port, l) in ports.iter_mut().zip(&listeners) {
-        *port = l.local_addr().context("no local address")?.port();
-    }
-    Ok(ports)
 }
 
 /// Marks a state directory kept on purpose ([`KEEP_STATE_ENV`]): the stale sweep leaves it alone.
@@ -618,62 +576,34 @@ fn remove_stale_state_dirs(base: &Path) {
     }
 }
 
-fn write_private(path: &Path, contents: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(contents.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// kube-apiserver's `--token-auth-file`: `token,user,uid,"group1,group2"`.
-fn token_csv(tokens: &BTreeMap<String, String>, users: &[TestUser]) -> String {
-    let mut csv = String::new();
-    for (name, token) in tokens {
-        let groups = if name == ADMIN_USER {
-            "system:masters".to_string()
-        } else {
-            users
-                .iter()
-                .find(|u| &u.name == name)
-                .map(|u| u.groups.join(","))
-                .unwrap_or_default()
-        };
-        let _ = writeln!(csv, "{token},{name},{name}-uid,\"{groups}\"");
-    }
-    csv
+/// The harness's users for the token file: the admin in `system:masters`, the others with their
+/// declared groups.
+fn token_users(tokens: &BTreeMap<String, String>, users: &[TestUser]) -> Vec<TokenUser> {
+    tokens
+        .iter()
+        .map(|(name, token)| TokenUser {
+            name: name.clone(),
+            token: token.clone(),
+            groups: if name == ADMIN_USER {
+                vec!["system:masters".to_string()]
+            } else {
+                users
+                    .iter()
+                    .find(|u| &u.name == name)
+                    .map(|u| u.groups.clone())
+                    .unwrap_or_default()
+            },
+        })
+        .collect()
 }
 
 /// A kubeconfig with one context per user (named after it); `admin` is the current context.
-fn kubeconfig_yaml(server: &str, ca: &Path, tokens: &BTreeMap<String, String>) -> String {
-    // JSON strings are YAML strings: serde_json does the quoting.
-    let q = |s: &str| serde_json::Value::String(s.to_string()).to_string();
-    let mut y = String::from("apiVersion: v1\nkind: Config\nclusters:\n");
-    let _ = writeln!(
-        y,
-        "- name: mooring-test\n  cluster:\n    server: {}\n    certificate-authority: {}",
-        q(server),
-        q(&ca.display().to_string())
-    );
-    y.push_str("users:\n");
-    for (name, token) in tokens {
-        let _ = writeln!(y, "- name: {}\n  user:\n    token: {}", q(name), q(token));
-    }
-    y.push_str("contexts:\n");
-    for name in tokens.keys() {
-        let _ = writeln!(
-            y,
-            "- name: {n}\n  context:\n    cluster: mooring-test\n    user: {n}\n    namespace: default",
-            n = q(name)
-        );
-    }
-    let _ = writeln!(y, "current-context: {}", q(ADMIN_USER));
-    y
+fn harness_kubeconfig(server: &str, ca: &Path, tokens: &BTreeMap<String, String>) -> String {
+    let users: Vec<(&str, &str)> = tokens
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    kubeconfig_yaml("mooring-test", server, ca, &users, ADMIN_USER)
 }
 
 #[cfg(test)]
@@ -687,7 +617,7 @@ mod tests {
         tokens.insert("reader".to_string(), "t2".to_string());
         let users = vec![TestUser::new("reader", &["g1", "g2"])];
         assert_eq!(
-            token_csv(&tokens, &users),
+            token_csv(&token_users(&tokens, &users)),
             "t1,admin,admin-uid,\"system:masters\"\nt2,reader,reader-uid,\"g1,g2\"\n"
         );
     }
@@ -697,7 +627,7 @@ mod tests {
         let mut tokens = BTreeMap::new();
         tokens.insert("admin".to_string(), "t1".to_string());
         tokens.insert("reader".to_string(), "t2".to_string());
-        let yaml = kubeconfig_yaml("https://127.0.0.1:1", Path::new("/x/ca.crt"), &tokens);
+        let yaml = harness_kubeconfig("https://127.0.0.1:1", Path::new("/x/ca.crt"), &tokens);
         let kc = Kubeconfig::from_yaml(&yaml).expect("kubeconfig parses");
         assert_eq!(kc.current_context.as_deref(), Some("admin"));
         assert_eq!(kc.contexts.len(), 2);

@@ -19,7 +19,6 @@
 
 mod binaries;
 mod control_plane;
-mod pki;
 mod process;
 mod resources;
 mod shared;

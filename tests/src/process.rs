@@ -5,16 +5,17 @@
 //! forked the child ends, not the process; tests run on short-lived threads (and tokio runtimes have
 //! their own), so all children are forked by one spawner thread that lives as long as the process.
 
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+pub use mooring_localkube::components::log_tail;
+use mooring_localkube::components::logged_command;
 
 type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
 
@@ -92,16 +93,7 @@ impl Process {
         log: PathBuf,
         cwd: &Path,
     ) -> Result<Self> {
-        let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let err = out
-            .try_clone()
-            .with_context(|| format!("cannot reopen {}", log.display()))?;
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
+        let cmd = logged_command(program, args, cwd, &log)?;
         let child = spawn_guarded(cmd)
             .with_context(|| format!("cannot start {name} ({})", program.display()))?;
         Ok(Self {
@@ -159,25 +151,5 @@ pub(crate) fn stop_all(processes: &mut [Process], grace: Duration) {
             p.signal_group(libc::SIGKILL);
             p.exited = p.child.wait().ok();
         }
-    }
-}
-
-/// The last `lines` lines of a file (reading at most its last 64 KiB).
-pub fn log_tail(path: &Path, lines: usize) -> String {
-    const MAX: u64 = 64 * 1024;
-    let read = || -> io::Result<String> {
-        let mut f = File::open(path)?;
-        let len = f.metadata()?.len();
-        f.seek(SeekFrom::Start(len.saturating_sub(MAX)))?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf).into_owned())
-    };
-    match read() {
-        Ok(text) => {
-            let all: Vec<&str> = text.lines().collect();
-            all[all.len().saturating_sub(lines)..].join("\n")
-        }
-        Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
 }

@@ -10,7 +10,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt};
 use mooring_crds::BrokerCluster;
 
-use crate::pki;
+use mooring_localkube::pki;
 
 /// The name of Mooring's CRD.
 pub const CRD_NAME: &str = "brokerclusters.mooring.dev";

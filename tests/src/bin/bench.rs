@@ -52,6 +52,8 @@ const SAMPLE_TIMEOUT: Duration = Duration::from_secs(60);
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long the operator may take to stop after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The API server's Service range: room for 65k ClusterIP Services (one per BrokerCluster).
+const SERVICE_RANGE: &str = "10.0.0.0/16";
 /// How long the operator sits idle before its idle RSS is read.
 const IDLE_FOR: Duration = Duration::from_secs(3);
 
@@ -78,6 +80,20 @@ struct Args {
     /// Seconds the scale phase may take before it is reported as not converged.
     #[arg(long, default_value_t = 600)]
     converge_timeout: u64,
+    /// Seconds to keep the operator running at scale after convergence before reading its RSS
+    /// once more (0: do not).
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
+    /// Extra environment of the operator, `KEY=VALUE` (repeatable), e.g. `MALLOC_ARENA_MAX=2`.
+    #[arg(long = "operator-env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    operator_env: Vec<(String, String)>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
 /// What the bench measured.
@@ -91,6 +107,11 @@ struct Figures {
     rss_scaled_kib: Option<u64>,
     peak_rss_kib: Option<u64>,
     metrics: Vec<String>,
+    /// CPU seconds each process used during the scale phase, and the phase's wall time.
+    scale_cpu: Vec<(String, f64)>,
+    scale_wall: Option<Duration>,
+    /// RSS after `--hold` seconds more at scale.
+    rss_held_kib: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -114,7 +135,12 @@ async fn main() -> Result<()> {
         .with_context(|| format!("cannot resolve {}", args.operator.display()))?;
 
     step("starting the control plane (etcd + kube-apiserver, no controller manager)");
-    let cp = ControlPlane::start(ControlPlaneOptions::default())
+    let options = ControlPlaneOptions {
+        // The harness's default /24 holds 253 ClusterIP Services: every cluster has one.
+        apiserver_args: vec![format!("--service-cluster-ip-range={SERVICE_RANGE}")],
+        ..ControlPlaneOptions::default()
+    };
+    let cp = ControlPlane::start(options)
         .await
         .context("cannot start the control plane")?;
     eprintln!(
@@ -146,7 +172,12 @@ async fn bench(args: &Args, operator: &Path, cp: &ControlPlane) -> Result<()> {
     let log_path = work_dir.join("operator.log");
 
     step(&format!("starting the operator {}", operator.display()));
-    let mut op = Operator::spawn(operator, cp.kubeconfig_path(), &log_path)?;
+    let mut op = Operator::spawn(
+        operator,
+        cp.kubeconfig_path(),
+        &log_path,
+        &args.operator_env,
+    )?;
     eprintln!(
         "    pid {}, listening on 127.0.0.1:{}, log {}",
         op.pid,
@@ -232,6 +263,7 @@ async fn measure(
             args.clusters
         ));
         let names: Vec<String> = (0..args.clusters).map(|i| format!("scale-{i}")).collect();
+        let cpu_before = cpu_seconds_by_process(op.pid);
         let begin = Instant::now();
         let creates = async {
             futures::stream::iter(names.iter().map(|name| create_cluster(&clusters, name)))
@@ -252,6 +284,24 @@ async fn measure(
         });
         op.check_alive()?;
         figures.rss_scaled_kib = Some(op.proc_status_kib("VmRSS")?);
+        figures.scale_wall = Some(begin.elapsed());
+        let cpu_after = cpu_seconds_by_process(op.pid);
+        figures.scale_cpu = cpu_after
+            .into_iter()
+            .map(|(name, after)| {
+                let before = cpu_before
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(0.0, |(_, b)| *b);
+                (name, after - before)
+            })
+            .collect();
+    }
+    if args.hold > 0 {
+        step(&format!("holding {} s at scale", args.hold));
+        tokio::time::sleep(Duration::from_secs(args.hold)).await;
+        op.check_alive()?;
+        figures.rss_held_kib = Some(op.proc_status_kib("VmRSS")?);
     }
     figures.peak_rss_kib = Some(op.proc_status_kib("VmHWM")?);
     figures.metrics = op.metrics().await.unwrap_or_else(|e| {
@@ -464,6 +514,28 @@ fn is_converged(bc: &BrokerCluster) -> bool {
     })
 }
 
+/// A line on why a cluster has not converged: its observed generation and ReconcileSuccess.
+fn why_not_converged(bc: Option<&BrokerCluster>) -> String {
+    let Some(bc) = bc else {
+        return "does not exist".into();
+    };
+    let Some(status) = &bc.status else {
+        return "no status yet".into();
+    };
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ReconcileSuccess")
+        .map_or("no ReconcileSuccess condition".to_string(), |c| {
+            let message: String = c.message.chars().take(300).collect();
+            format!("ReconcileSuccess={} {}: {message}", c.status, c.reason)
+        });
+    format!(
+        "observedGeneration {:?}, {condition}",
+        status.observed_generation
+    )
+}
+
 struct Waited {
     /// When the poll that saw every cluster converged returned; `None` on timeout.
     done_at: Option<Instant>,
@@ -507,8 +579,10 @@ async fn wait_converged(
                 .filter(|n| !by_name.get(*n).is_some_and(|bc| is_converged(bc)))
                 .take(3)
             {
-                let status = by_name.get(name).map(|bc| &bc.status);
-                eprintln!("      {name}: {status:?}");
+                eprintln!(
+                    "      {name}: {}",
+                    why_not_converged(by_name.get(name).copied())
+                );
             }
             return Ok(Waited {
                 done_at: None,
@@ -540,7 +614,12 @@ struct Operator {
 }
 
 impl Operator {
-    fn spawn(binary: &Path, kubeconfig: &Path, log: &Path) -> Result<Self> {
+    fn spawn(
+        binary: &Path,
+        kubeconfig: &Path,
+        log: &Path,
+        extra_env: &[(String, String)],
+    ) -> Result<Self> {
         let port = free_port()?;
         let out = std::fs::File::create(log)
             .with_context(|| format!("cannot create {}", log.display()))?;
@@ -556,6 +635,7 @@ impl Operator {
             .stdout(out)
             .stderr(err)
             .kill_on_drop(true);
+        cmd.envs(extra_env.iter().map(|(k, v)| (k, v)));
         let parent = std::process::id();
         // SAFETY: runs between fork and exec and only calls prctl and getppid (async-signal-safe);
         // it allocates only on the error path. The main thread forks, and it lives as long as the
@@ -688,13 +768,13 @@ impl Operator {
         Ok((code, body.to_string()))
     }
 
-    /// The operator's own metrics (`mooring_*` samples, histogram buckets left out).
+    /// The operator's own metrics (`mooring_*` samples).
     async fn metrics(&self) -> Result<Vec<String>> {
         let (code, body) = self.get("/metrics").await?;
         ensure!(code == 200, "GET /metrics answered {code}");
         Ok(body
             .lines()
-            .filter(|l| l.starts_with("mooring_") && !l.contains("_bucket"))
+            .filter(|l| l.starts_with("mooring_"))
             .map(str::to_string)
             .collect())
     }
@@ -739,6 +819,54 @@ impl Operator {
             }
         }
     }
+}
+
+/// CPU seconds (user + system) used so far by the operator, the bench itself and the
+/// control-plane components (children of the bench: etcd, kube-apiserver). Best effort: a process
+/// whose `/proc` entry cannot be read is left out.
+fn cpu_seconds_by_process(operator: u32) -> Vec<(String, f64)> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    if let Some(cpu) = cpu_seconds(operator) {
+        out.push(("operator".to_string(), cpu));
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        let mut children: Vec<(String, f64)> = entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| *pid != operator && parent_of(*pid) == Some(me))
+            .filter_map(|pid| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+                Some((comm.trim().to_string(), cpu_seconds(pid)?))
+            })
+            .collect();
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+        out.extend(children);
+    }
+    if let Some(cpu) = cpu_seconds(me) {
+        out.push(("bench".to_string(), cpu));
+    }
+    out
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (field 3, the state, first).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let fields = stat_fields(pid)?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
 }
 
 fn free_port() -> Result<u16> {
@@ -892,6 +1020,14 @@ fn print_table(args: &Args, f: &Figures) {
         &aim_rss,
         f.rss_scaled_kib.map(|k| mib(k) <= AIM_RSS_MIB),
     );
+    if let Some(k) = f.rss_held_kib {
+        row(
+            format!("operator RSS {} s later", args.hold),
+            Some(format!("{:.1} MiB", mib(k))),
+            &aim_rss,
+            Some(mib(k) <= AIM_RSS_MIB),
+        );
+    }
     row(
         "operator peak RSS (VmHWM)".into(),
         f.peak_rss_kib.map(|k| format!("{:.1} MiB", mib(k))),
@@ -906,10 +1042,29 @@ fn print_table(args: &Args, f: &Figures) {
     println!(
         "Mooring operator benchmark: rabbitmq BrokerClusters, 3 replicas, kube-apiserver + etcd only"
     );
+    if !args.operator_env.is_empty() {
+        let env: Vec<String> = args
+            .operator_env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("operator environment added: {}", env.join(" "));
+    }
     println!("{:<w0$}  {:>w1$}  {:<w2$}", "figure", "measured", "aim");
     println!("{}", "-".repeat(w0 + w1 + w2 + 12));
     for (name, value, aim, ok) in &rows {
         println!("{name:<w0$}  {value:>w1$}  {aim:<w2$}  {ok}");
+    }
+    if let (Some(wall), false) = (f.scale_wall, f.scale_cpu.is_empty()) {
+        println!();
+        println!(
+            "CPU seconds used during the scale phase ({:.1} s wall, {} cores):",
+            wall.as_secs_f64(),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        for (name, cpu) in &f.scale_cpu {
+            println!("  {name:<16} {cpu:>7.1} s");
+        }
     }
     if !f.metrics.is_empty() {
         println!();

@@ -1,9 +1,10 @@
-//! Secrets of a test control plane: the service-account signing key and bearer tokens.
+//! Secrets of a local control plane: the service-account signing key and bearer tokens.
 
-use anyhow::{anyhow, Result};
 use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_ASN1_SIGNING};
+
+use crate::{Error, Result};
 
 /// DER of `SubjectPublicKeyInfo { AlgorithmIdentifier { id-ecPublicKey, prime256v1 }, BIT STRING }`
 /// up to the 65-byte uncompressed point that follows it.
@@ -13,23 +14,23 @@ const P256_SPKI_PREFIX: [u8; 26] = [
 ];
 
 /// The service-account key pair, as PEM.
-pub(crate) struct ServiceAccountKey {
+pub struct ServiceAccountKey {
     /// PKCS#8 (`BEGIN PRIVATE KEY`): kube-apiserver's `--service-account-signing-key-file` and
     /// kube-controller-manager's `--service-account-private-key-file`.
-    pub(crate) private_pem: String,
+    pub private_pem: String,
     /// PKIX (`BEGIN PUBLIC KEY`): kube-apiserver's `--service-account-key-file`. (Go's public-key
     /// reader does not take EC keys in PKCS#8, hence a separate file.)
-    pub(crate) public_pem: String,
+    pub public_pem: String,
 }
 
 /// A fresh ECDSA P-256 key pair (tokens are signed ES256).
-pub(crate) fn service_account_key() -> Result<ServiceAccountKey> {
+pub fn service_account_key() -> Result<ServiceAccountKey> {
     let rng = SystemRandom::new();
     let alg = &ECDSA_P256_SHA256_ASN1_SIGNING;
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng)
-        .map_err(|_| anyhow!("cannot generate the service-account key"))?;
+        .map_err(|_| Error::Crypto("cannot generate the service-account key"))?;
     let pair = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng)
-        .map_err(|_| anyhow!("cannot read back the generated service-account key"))?;
+        .map_err(|_| Error::Crypto("cannot read back the generated service-account key"))?;
     let mut spki = P256_SPKI_PREFIX.to_vec();
     spki.extend_from_slice(pair.public_key().as_ref());
     Ok(ServiceAccountKey {
@@ -50,16 +51,16 @@ fn pem(label: &str, der: &[u8]) -> String {
 }
 
 /// A random bearer token: 32 random bytes, hex.
-pub(crate) fn random_token() -> Result<String> {
+pub fn random_token() -> Result<String> {
     let mut bytes = [0u8; 32];
     SystemRandom::new()
         .fill(&mut bytes)
-        .map_err(|_| anyhow!("cannot read random bytes"))?;
+        .map_err(|_| Error::Crypto("cannot read random bytes"))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A random lowercase suffix for names (`len` hex characters, at most 64).
-pub(crate) fn random_suffix(len: usize) -> Result<String> {
+pub fn random_suffix(len: usize) -> Result<String> {
     let token = random_token()?;
     Ok(token[..len.min(token.len())].to_string())
 }
@@ -80,5 +81,13 @@ mod tests {
             .filter(|l| !l.starts_with("-----"))
             .collect();
         assert_eq!(body.len(), 124);
+    }
+
+    #[test]
+    fn tokens_are_hex_and_suffixes_short() {
+        let t = random_token().expect("token");
+        assert_eq!(t.len(), 64);
+        assert!(t.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(random_suffix(6).expect("suffix").len(), 6);
     }
 }
