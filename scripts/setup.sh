@@ -14,13 +14,21 @@ if command -v rustup >/dev/null; then
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy >&2
 fi
 
+# Debian packages: command -> package. RabbitMQ and the mosquitto clients are the real broker and
+# clients the devcluster tests run; iproute2/util-linux give ip, unshare and nsenter.
 need_apt=()
-for pkg in openssl curl; do
-  command -v "$pkg" >/dev/null || need_apt+=("$pkg")
+for pair in openssl:openssl curl:curl ip:iproute2 unshare:util-linux nsenter:util-linux \
+            mosquitto_pub:mosquitto-clients /usr/lib/rabbitmq/bin/rabbitmq-server:rabbitmq-server; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "$cmd" ] || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]} from Debian"
-  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    $(printf '%s\n' "${need_apt[@]}" | sort -u) >&2
+  # Debian starts the packaged RabbitMQ service where it can; devcluster runs its own nodes.
+  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now rabbitmq-server >/dev/null 2>&1 || true; fi
 fi
 
 step "control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm)"
