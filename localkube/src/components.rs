@@ -316,7 +316,7 @@ mod tests {
             port: 3,
             advertise_address: "127.0.0.1".into(),
             cert_dir: "/p".into(),
-            service_cluster_ip_range: "10.0.0.0/24".into(),
+            service_cluster_ip_range: "10.0.0.0/16".into(),
             sa_public_key: "/p/sa.pub".into(),
             sa_private_key: "/p/sa.key".into(),
             token_file: "/p/tokens.csv".into(),

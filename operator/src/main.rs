@@ -57,6 +57,9 @@ struct RunArgs {
     /// Seconds a lease stays valid without renewal.
     #[arg(long, env = "MOORING_LEASE_SECONDS", default_value_t = 15)]
     lease_seconds: u64,
+    /// Most BrokerCluster reconciles in flight at once.
+    #[arg(long, env = "MOORING_CONCURRENCY", default_value_t = mooring_operator::controller::DEFAULT_CONCURRENCY)]
+    concurrency: u16,
     /// Log format.
     #[arg(long, env = "MOORING_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -100,6 +103,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         let scope = Scope {
             namespace: args.namespace.clone(),
+            concurrency: args.concurrency,
         };
         if let Err(e) = lead_and_control(client, state.clone(), lease, scope, &shutdown).await {
             error!(error = %format!("{e:#}"), "operator stopped");

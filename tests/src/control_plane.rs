@@ -206,7 +206,7 @@ impl ControlPlane {
             port: api_port,
             advertise_address: "127.0.0.1".to_string(),
             cert_dir: pki_dir.clone(),
-            service_cluster_ip_range: "10.0.0.0/24".to_string(),
+            service_cluster_ip_range: "10.0.0.0/16".to_string(),
             sa_public_key: sa_pub,
             sa_private_key: sa_key.clone(),
             token_file,

@@ -56,6 +56,7 @@ impl Operator {
         };
         let scope = Scope {
             namespace: Some(ns.into()),
+            ..Scope::default()
         };
         let (client, token) = (client.clone(), stop.clone());
         let task = tokio::spawn(async move {

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self as runtime_controller, Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -26,11 +26,26 @@ pub use reconcile::reconcile;
 /// Label selector of the children the controller watches.
 const OWNED_SELECTOR: &str = "app.kubernetes.io/managed-by=mooring";
 
-/// Where the controller watches: one namespace or all.
-#[derive(Clone, Debug, Default)]
+/// Reconciles run at once by default. Unbounded, a burst of new clusters opens one API connection
+/// per reconcile (hundreds), which costs memory and overloads the API server (see the benchmark).
+pub const DEFAULT_CONCURRENCY: u16 = 16;
+
+/// Where the controller watches (one namespace or all) and how many reconciles run at once.
+#[derive(Clone, Debug)]
 pub struct Scope {
     /// `None` for every namespace.
     pub namespace: Option<String>,
+    /// Most reconciles in flight at once.
+    pub concurrency: u16,
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            concurrency: DEFAULT_CONCURRENCY,
+        }
+    }
 }
 
 impl Scope {
@@ -55,6 +70,7 @@ pub async fn run(
     let clusters: Api<BrokerCluster> = scope.api(&client);
     let owned = watcher::Config::default().labels(OWNED_SELECTOR);
     Controller::new(clusters, watcher::Config::default())
+        .with_config(runtime_controller::Config::default().concurrency(scope.concurrency))
         .owns(scope.api::<StatefulSet>(&client), owned.clone())
         .owns(scope.api::<ConfigMap>(&client), owned.clone())
         .owns(scope.api::<Secret>(&client), owned.clone())
@@ -65,7 +81,9 @@ pub async fn run(
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(cluster = %obj, "reconciled"),
-                Err(e) => warn!(error = %e, "reconcile loop error"),
+                // Already logged (with the cluster) by `error_policy`.
+                Err(runtime_controller::Error::ReconcilerFailed(..)) => {}
+                Err(e) => warn!(error = %e, "controller error"),
             }
         })
         .await;

@@ -25,8 +25,9 @@ use crate::{Error, Result};
 
 /// How often a settled cluster is looked at again without any event.
 const RESYNC: Duration = Duration::from_secs(300);
-/// How often a cluster that is still rolling out is looked at.
-const PROGRESS_POLL: Duration = Duration::from_secs(10);
+/// How often a cluster that is still rolling out is looked at without any event. StatefulSet
+/// status changes already trigger a reconcile through the owned-object watch; this is a safety net.
+const PROGRESS_POLL: Duration = Duration::from_secs(60);
 
 /// Whether the pause annotation is set to `"true"`.
 pub fn is_paused(bc: &BrokerCluster) -> bool {

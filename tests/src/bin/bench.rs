@@ -52,8 +52,6 @@ const SAMPLE_TIMEOUT: Duration = Duration::from_secs(60);
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long the operator may take to stop after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-/// The API server's Service range: room for 65k ClusterIP Services (one per BrokerCluster).
-const SERVICE_RANGE: &str = "10.0.0.0/16";
 /// How long the operator sits idle before its idle RSS is read.
 const IDLE_FOR: Duration = Duration::from_secs(3);
 
@@ -135,11 +133,8 @@ async fn main() -> Result<()> {
         .with_context(|| format!("cannot resolve {}", args.operator.display()))?;
 
     step("starting the control plane (etcd + kube-apiserver, no controller manager)");
-    let options = ControlPlaneOptions {
-        // The harness's default /24 holds 253 ClusterIP Services: every cluster has one.
-        apiserver_args: vec![format!("--service-cluster-ip-range={SERVICE_RANGE}")],
-        ..ControlPlaneOptions::default()
-    };
+    // The harness's Service range (/16) has room for one ClusterIP Service per cluster.
+    let options = ControlPlaneOptions::default();
     let cp = ControlPlane::start(options)
         .await
         .context("cannot start the control plane")?;
