@@ -166,6 +166,29 @@ impl Drop for Devcluster {
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
+        if failed {
+            // `down` removes the pods' directories: keep their container logs with the others.
+            let keep = self.dir.join("logs/pods");
+            for pod in fs::read_dir(self.dir.join("pods"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                for log in fs::read_dir(pod.path().join("logs"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let _ = fs::create_dir_all(&keep);
+                    let name = format!(
+                        "{}-{}",
+                        pod.file_name().to_string_lossy(),
+                        log.file_name().to_string_lossy()
+                    );
+                    let _ = fs::copy(log.path(), keep.join(name));
+                }
+            }
+        }
         let _ = self.command(&["down"]).output();
         if failed || std::env::var_os("MOORING_KEEP_TEST_STATE").is_some() {
             eprintln!("state (logs) kept in {}", self.dir.display());
@@ -263,6 +286,39 @@ async fn get(api: &Api<Pod>, name: &str) -> Option<Pod> {
     api.get_opt(name).await.ok().flatten()
 }
 
+/// What each broker says about the cluster (for failure messages).
+fn cluster_views(pods: &[Pod]) -> String {
+    pods.iter()
+        .map(|p| {
+            let out = Command::new("nsenter")
+                .args([
+                    "--target",
+                    &pid1(p).to_string(),
+                    "--net",
+                    "--mount",
+                    "--uts",
+                    "--pid",
+                ])
+                .args(["--", "/bin/sh", "-c"])
+                .arg(format!(
+                    "HOME=/etc/rabbitmq/mooring-secrets /usr/lib/rabbitmq/bin/rabbitmqctl -l -q \
+                     -n rabbit@{}.rmq-headless.{RABBITMQ_NS}.svc.cluster.local cluster_status",
+                    p.metadata.name.as_deref().unwrap_or_default()
+                ))
+                .output();
+            match out {
+                Ok(o) => format!(
+                    "--- {}:\n{}{}",
+                    p.metadata.name.as_deref().unwrap_or_default(),
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => format!("cannot run rabbitmqctl: {e}"),
+            }
+        })
+        .collect()
+}
+
 /// Runs a command in the container's namespaces; its stdout.
 fn in_container(pod: &Pod, script: &str) -> String {
     let out = Command::new("nsenter")
@@ -286,63 +342,71 @@ fn in_container(pod: &Pod, script: &str) -> String {
 }
 
 /// Subscribes on `sub_ip` and publishes on `pub_ip` (once a second, as the subscription may
-/// not be in place yet) until the subscriber gets the message; false after 30 s.
+/// not be in place yet) until the subscriber gets the message. A subscriber that ends without it
+/// (a broker still settling its MQTT state refuses connections for a moment) is started again;
+/// false after 60 s.
 async fn mqtt_crosses(sub_ip: &str, pub_ip: &str, tag: &str) -> bool {
     let topic = format!("devcluster/{tag}");
     let message = format!("hello-{tag}-{}", std::process::id());
-    let sub = tokio::process::Command::new("mosquitto_sub")
-        .args(["-h", sub_ip, "-p", "1883", "-V", "mqttv311", "-q", "1"])
-        .args([
-            "-i",
-            &format!("sub-{tag}"),
-            "-t",
-            &topic,
-            "-C",
-            "1",
-            "-W",
-            "30",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run mosquitto_sub (apt-get install mosquitto-clients)");
-    let received = tokio::spawn(sub.wait_with_output());
-    let publisher = async {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let status = tokio::process::Command::new("mosquitto_pub")
-                .args(["-h", pub_ip, "-p", "1883", "-V", "mqttv311", "-q", "1"])
-                .args(["-i", &format!("pub-{tag}"), "-t", &topic, "-m", &message])
-                .status()
-                .await
-                .expect("run mosquitto_pub");
-            if !status.success() {
-                eprintln!("mosquitto_pub on {pub_ip}: {status}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let sub = tokio::process::Command::new("mosquitto_sub")
+            .args(["-h", sub_ip, "-p", "1883", "-V", "mqttv311", "-q", "1"])
+            .args([
+                "-i",
+                &format!("sub-{tag}"),
+                "-t",
+                &topic,
+                "-C",
+                "1",
+                "-W",
+                "20",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run mosquitto_sub (apt-get install mosquitto-clients)");
+        let received = tokio::spawn(sub.wait_with_output());
+        let publisher = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let out = tokio::process::Command::new("mosquitto_pub")
+                    .args(["-h", pub_ip, "-p", "1883", "-V", "mqttv311", "-q", "1"])
+                    .args(["-i", &format!("pub-{tag}"), "-t", &topic, "-m", &message])
+                    .output()
+                    .await
+                    .expect("run mosquitto_pub");
+                if !out.status.success() {
+                    eprintln!(
+                        "mosquitto_pub on {pub_ip}: {} {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
             }
-        }
-    };
-    let out = tokio::select! {
-        out = received => out,
-        _ = publisher => unreachable!("the publisher loops"),
-    };
-    match out {
-        Ok(Ok(out)) => {
-            let got = String::from_utf8_lossy(&out.stdout);
-            if !out.status.success() || got.trim() != message {
+        };
+        let out = tokio::select! {
+            out = received => out,
+            _ = publisher => unreachable!("the publisher loops"),
+        };
+        match out {
+            Ok(Ok(out)) => {
+                let got = String::from_utf8_lossy(&out.stdout);
+                if got.trim() == message {
+                    return true;
+                }
                 eprintln!(
-                    "mosquitto_sub on {sub_ip}: {} {got:?} {}",
+                    "mosquitto_sub on {sub_ip} ended without the message ({}): {got:?} {}",
                     out.status,
-                    String::from_utf8_lossy(&out.stderr)
+                    String::from_utf8_lossy(&out.stderr).trim()
                 );
             }
-            got.trim() == message
+            other => eprintln!("mosquitto_sub on {sub_ip}: {other:?}"),
         }
-        other => {
-            eprintln!("mosquitto_sub on {sub_ip}: {other:?}");
-            false
-        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    false
 }
 
 const RABBITMQ_NS: &str = "mq";
@@ -494,7 +558,8 @@ async fn a_rabbitmq_statefulset_forms_one_cluster_that_survives_kills_and_deleti
     // 2. ONE cluster: a message published on node 1 reaches a subscriber on node 3.
     assert!(
         mqtt_crosses(&ips[2], &ips[0], "first").await,
-        "a message published on rmq-0 did not reach a subscriber on rmq-2"
+        "a message published on rmq-0 did not reach a subscriber on rmq-2\n{}",
+        cluster_views(&ready)
     );
     dc.elapsed("published on rmq-0, received on rmq-2");
 
