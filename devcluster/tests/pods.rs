@@ -1,8 +1,8 @@
 //! The node agent runs Pods for real, as processes: a 3-node RabbitMQ StatefulSet forms one
 //! cluster (an MQTT message published on one node reaches a subscriber on another), a killed
 //! broker restarts and rejoins, a deleted Pod comes back with its name, DNS name and data; and the
-//! kubelet's semantics (env, volumes, probes, restarts, graceful termination, unmapped images)
-//! on small shell Pods.
+//! kubelet's semantics (env, volumes, probes, restarts, graceful termination, termination
+//! messages, unmapped images) on small shell Pods.
 //!
 //! Needs root (network namespaces, mounts), the control-plane binaries (see `up_down.rs`),
 //! Debian's `rabbitmq-server` and `mosquitto-clients`. Each test brings up its own devcluster
@@ -479,11 +479,21 @@ spec:
         - {{name: HOME, value: /etc/rabbitmq/mooring-secrets}}
         ports:
         - {{name: mqtt, containerPort: 1883}}
+        # Ready means MQTT is served, not merely that the port is open: RabbitMQ 3.10 can accept
+        # TCP on 1883 and still refuse every CONNECT ('server unavailable') while its client-id
+        # tracker has not joined the cluster. A node stuck like that is restarted by liveness.
         readinessProbe:
-          tcpSocket: {{port: mqtt}}
+          exec: {{command: [sh, -c, 'mosquitto_pub -h 127.0.0.1 -p 1883 -V mqttv311 -i \"probe-$(hostname)\" -t mooring/probe -n -q 0']}}
           initialDelaySeconds: 5
           periodSeconds: 2
+          timeoutSeconds: 5
           failureThreshold: 3
+        livenessProbe:
+          exec: {{command: [sh, -c, 'mosquitto_pub -h 127.0.0.1 -p 1883 -V mqttv311 -i \"probe-$(hostname)\" -t mooring/probe -n -q 0']}}
+          initialDelaySeconds: 60
+          periodSeconds: 10
+          timeoutSeconds: 5
+          failureThreshold: 6
         volumeMounts:
         - {{name: config, mountPath: /etc/rabbitmq/mooring}}
         - {{name: secret, mountPath: /etc/rabbitmq/mooring-secrets}}
@@ -841,6 +851,39 @@ spec:
     )
     .await;
 
+    // Termination messages: one written to /dev/termination-log (the devices of /dev still
+    // work), one from the log's end (FallbackToLogsOnError, a failure).
+    let host_had_termination_log = Path::new("/dev/termination-log").exists();
+    create::<Pod>(
+        &client,
+        SHELL_NS,
+        r#"
+metadata: {name: term-file}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, 'echo to-the-log; test -c /dev/null && test -d /dev/pts && echo ok > /dev/null; printf "all done: %s" "$(id -u)" > /dev/termination-log']
+"#,
+    )
+    .await;
+    create::<Pod>(
+        &client,
+        SHELL_NS,
+        r#"
+metadata: {name: term-fallback}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: busybox
+    terminationMessagePolicy: FallbackToLogsOnError
+    command: [sh, -c, 'for i in $(seq 1 100); do echo line-$i; done; exit 2']
+"#,
+    )
+    .await;
+
     // Graceful termination: one Pod handles SIGTERM, one ignores it (SIGKILL after its grace).
     fs::create_dir_all(&hostpath).expect("hostpath dir");
     let term_pod = |name: &str, trap: &str, grace: u32| {
@@ -1048,6 +1091,55 @@ spec:
             .map(|t| t.exit_code),
         Some(3)
     );
+
+    // --- termination messages, terminal phases of restartPolicy Never
+    let terminated = |name: &'static str, phase: &'static str| {
+        let pods = pods.clone();
+        let dc = &dc;
+        async move {
+            let p = wait_for(
+                &format!("{name} {phase}"),
+                Duration::from_secs(60),
+                || async {
+                    let p = get(&pods, name).await?;
+                    let now = p.status.as_ref()?.phase.clone()?;
+                    assert!(
+                        now != "Succeeded" && now != "Failed" || now == phase,
+                        "{name} is {now}: {}",
+                        dc.pod_log(&p, "main")
+                    );
+                    (now == phase).then_some(p)
+                },
+            )
+            .await;
+            p.status
+                .and_then(|s| s.container_statuses)
+                .and_then(|c| c.into_iter().next())
+                .and_then(|c| c.state)
+                .and_then(|s| s.terminated)
+                .expect("state.terminated")
+        }
+    };
+    let file = terminated("term-file", "Succeeded").await;
+    assert_eq!(file.exit_code, 0, "{file:?}");
+    assert_eq!(file.reason.as_deref(), Some("Completed"));
+    assert_eq!(file.message.as_deref(), Some("all done: 0"), "{file:?}");
+    let fallback = terminated("term-fallback", "Failed").await;
+    assert_eq!(fallback.exit_code, 2, "{fallback:?}");
+    assert_eq!(fallback.reason.as_deref(), Some("Error"));
+    let tail = fallback.message.unwrap_or_default();
+    assert_eq!(tail.lines().count(), 80, "{tail}");
+    assert!(
+        tail.starts_with("line-21\n") && tail.ends_with("line-100\n"),
+        "{tail}"
+    );
+    if !host_had_termination_log {
+        assert!(
+            !Path::new("/dev/termination-log").exists(),
+            "the host's /dev is left alone"
+        );
+    }
+    dc.elapsed("termination messages");
 
     // --- unmapped images
     for (name, text) in [
