@@ -10,6 +10,7 @@ pub mod controller;
 pub mod credentials;
 pub mod leader;
 pub mod metrics;
+pub mod pod_command;
 pub mod resources;
 pub mod runner;
 pub mod server;

@@ -8,8 +8,12 @@
 //!   10 min starts over ([`Backoff`]). While it waits the container shows `CrashLoopBackOff`.
 //! - A liveness or startup probe failure runs `preStop` and stops the container (SIGTERM, the
 //!   probe's or the Pod's grace period, SIGKILL), which then restarts by the same rules.
+//! - Termination messages: each run gets an empty file mounted at its `terminationMessagePath`;
+//!   when it exits, [`termination::message`] fills `state.terminated.message` (and so
+//!   `lastState` after a restart).
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +32,7 @@ use super::status::{
     ContainerRuntime, PodRuntime, State, Termination, REASON_BACKOFF, REASON_CONFIG_ERROR,
     REASON_CREATING, REASON_RUN_ERROR,
 };
+use super::termination;
 use super::volumes::{self, Materialised, PodPaths};
 use super::Agent;
 
@@ -267,10 +272,28 @@ async fn prepare(ctx: &PodContext, container: &Container, image: &ResolvedImage)
         Ok(a) => a,
         Err(e) => return Prepared::RunError(e.to_string()),
     };
-    let mounts = match volumes::container_mounts(container, &ctx.volumes, &ctx.paths, &own) {
+    let mut mounts = match volumes::container_mounts(container, &ctx.volumes, &ctx.paths, &own) {
         Ok(m) => m,
         Err(e) => return Prepared::RunError(e.to_string()),
     };
+    if let Some(target) = termination::path_of(container) {
+        // A fresh, empty file for each run, writable by any user of the container.
+        let file = ctx.paths.termination(&container.name);
+        let created = file
+            .parent()
+            .map(std::fs::create_dir_all)
+            .transpose()
+            .and_then(|_| std::fs::write(&file, b""))
+            .and_then(|_| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)));
+        if let Err(e) = created {
+            return Prepared::RunError(format!("cannot create {}: {e}", file.display()));
+        }
+        mounts.push(process::Mount {
+            source: file,
+            target,
+            read_only: false,
+        });
+    }
     let script_path: PathBuf = ctx.paths.init_script(&container.name);
     let stage = ctx
         .paths
@@ -302,6 +325,30 @@ async fn prepare(ctx: &PodContext, container: &Container, image: &ResolvedImage)
         },
         full,
     )
+}
+
+/// The kubelet's termination message of a run that ended with `exit_code` ([`termination`]).
+fn termination_message(
+    ctx: &PodContext,
+    container: &Container,
+    exit_code: i32,
+    log_start: u64,
+    launch: &Launch,
+) -> Option<String> {
+    termination::path_of(container)?;
+    let file = termination::read_tail(
+        &ctx.paths.termination(&container.name),
+        0,
+        termination::MAX_MESSAGE,
+    );
+    let fallback = termination::falls_back_to_logs(container);
+    let log = if fallback {
+        termination::read_tail(&launch.log, log_start, termination::FALLBACK_BYTES)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    termination::message(fallback, file.as_deref(), exit_code, &log)
 }
 
 /// Runs a container until it ends for good (by its restart policy) or a stop is requested;
@@ -351,6 +398,7 @@ pub async fn supervise(
                 continue;
             }
         };
+        let log_start = termination::size_of(&launch.log);
         let mut running = match process::launch(&launch).await {
             Ok(r) => r,
             Err(e) => {
@@ -447,7 +495,8 @@ pub async fn supervise(
         prober.abort();
         let ran_for = running.started.elapsed();
         let mut termination = Termination::new(exit.code, exit.signal, Some(started_at));
-        termination.message = message;
+        termination.message =
+            termination_message(&ctx, &container, exit.code, log_start, &launch).or(message);
         termination.container_id = Some(container_id);
         tracing::info!(
             pod = %pod_key,

@@ -6,10 +6,12 @@
 //!   sandbox to deletion; [`container`]: one container's life, probes and restarts.
 //! - [`sandbox`]: network namespace, veth, address (`<state>/network.json`), hosts files;
 //!   [`volumes`], [`pvc`] (the agent binds claims itself), [`env`], [`images`] (the mapping file
-//!   `devcluster/images.yaml`), [`process`] (launch, signals, reaping), [`probes`], [`status`].
+//!   `devcluster/images.yaml`), [`process`] (launch, signals, reaping), [`probes`], [`status`], [`termination`]
+//!   (termination messages).
 //!
 //! Layout in the state directory: `pods/<ns>_<pod>_<uid>/` (`volumes/`, `logs/<container>.log`,
-//! `run/<container>.sh` init scripts, `tmp/`), `volumes/pvc/<ns>/<claim>/`, `network.json`.
+//! `run/<container>.sh` init scripts, `termination/<container>` termination message files,
+//! `tmp/`), `volumes/pvc/<ns>/<claim>/`, `network.json`.
 //! Every process the agent starts carries `MOORING_DEVCLUSTER=<state dir>`.
 
 pub mod container;
@@ -22,6 +24,7 @@ pub mod process;
 pub mod pvc;
 pub mod sandbox;
 pub mod status;
+pub mod termination;
 pub mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

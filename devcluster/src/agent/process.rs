@@ -5,9 +5,9 @@
 //! --propagation private -- /bin/sh <init script> <argv...>`: `ip netns exec` enters the Pod's
 //! network namespace and bind-mounts `/etc/netns/<netns>/{hosts,resolv.conf}` over `/etc`, then
 //! becomes `unshare`, which forks the container's PID 1 in fresh mount, UTS and PID namespaces.
-//! That PID 1 is the generated init script ([`init_script`]): it sets the hostname, bind-mounts
-//! the volumes at their mount paths and `exec`s the container's program, which so becomes the
-//! container's PID 1. `unshare` ignores SIGTERM, so signals go to that PID 1 (its host pid is
+//! That PID 1 is the generated init script ([`init_script`]): it sets the hostname, makes `/dev`
+//! private, bind-mounts the volumes at their mount paths and `exec`s the container's program,
+//! which so becomes the container's PID 1. `unshare` ignores SIGTERM, so signals go to that PID 1 (its host pid is
 //! `unshare`'s only child); `--kill-child` takes it down if `unshare` dies, and when it exits
 //! the kernel kills everything else in its PID namespace.
 //!
@@ -80,12 +80,32 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// The part of the init script that gives the container a private `/dev`: an overlay whose lower
+/// layer is the host's `/dev` (every device stays usable) and whose upper layer is a small tmpfs
+/// in the stage directory, with the host's `/dev` submounts (`pts`, `shm`, `mqueue`, ...) bound
+/// again on top. Files the container (or the init script: the termination message file's mount
+/// point `/dev/termination-log`) creates in `/dev` so land in that tmpfs, never in the host's
+/// `/dev`; they vanish with the container's mount namespace. Without overlayfs the container does
+/// not start (the reason is in its log).
+const PRIVATE_DEV: &str = "\
+# A private /dev: the host's devices below, a tmpfs above for files created in it.
+mkdir dev
+mount -t tmpfs -o mode=0755,size=1m devcluster-dev dev
+mkdir dev/upper dev/work dev/host
+mount --rbind /dev dev/host
+mount -t overlay devcluster-dev -o lowerdir=/dev,upperdir=dev/upper,workdir=dev/work /dev
+for __devcluster_m in $(awk '$5 ~ \"^/dev/[^/]+$\" {print $5}' /proc/self/mountinfo | sort -u); do
+  mount --rbind \"dev/host/${__devcluster_m#/dev/}\" \"$__devcluster_m\"
+done
+unset __devcluster_m
+";
+
 /// The init script of a container: hostname, mounts, working directory, then `exec "$@"` (the
 /// container's argv comes as the script's arguments, so nothing of it is quoted into the script).
 ///
-/// Every source is first bind-mounted under `stage` (a directory of the Pod's), and the
-/// container's mount paths are bound from there, parents before children, with read-only
-/// remounts last: so a mount path such as `/tmp` cannot hide a source that lives below it (the
+/// `/dev` is made private first ([`PRIVATE_DEV`]). Every source is then bind-mounted under
+/// `stage` (a directory of the Pod's), and the container's mount paths are bound from there,
+/// parents before children, with read-only remounts last: so a mount path such as `/tmp` cannot hide a source that lives below it (the
 /// state directory may be under `/tmp`), and a read-only parent does not stop a child's mount
 /// point from being created.
 pub fn init_script(
@@ -107,6 +127,7 @@ pub fn init_script(
     s.push_str(&format!("hostname {}\n", shell_quote(hostname)));
     let stage = shell_quote(&stage.display().to_string());
     s.push_str(&format!("rm -rf {stage}\nmkdir -p {stage}\ncd {stage}\n"));
+    s.push_str(PRIVATE_DEV);
     for (i, m) in mounts.iter().enumerate() {
         let src = shell_quote(&m.source.display().to_string());
         if m.source.is_dir() {
@@ -482,6 +503,10 @@ mod tests {
         let ro = s.find("mount -o remount,bind,ro").unwrap();
         assert!(parent < child && child < ro);
         assert!(s.contains("cd '/pod/run/stage-c'\n"));
+        // /dev is made private (an overlay on a tmpfs) before anything is mounted in it.
+        let dev = s.find("mount -t overlay devcluster-dev").unwrap();
+        assert!(dev > s.find("cd '/pod/run/stage-c'\n").unwrap());
+        assert!(dev < s.find("mount --bind 0 '/etc/rabbitmq'\n").unwrap());
         assert!(s.contains("mount -o remount,bind,ro '/etc/rabbitmq/certs/mqtts'"));
         assert!(s.contains("[ -e '/opt/emqx/etc/emqx.conf' ] || : > '/opt/emqx/etc/emqx.conf'"));
         assert!(s.contains("hostname 'bus-0'"));

@@ -347,6 +347,11 @@ impl PodPaths {
         self.dir.join("run").join(format!("{container}.sh"))
     }
 
+    /// A container's termination message file (bind-mounted at its `terminationMessagePath`).
+    pub fn termination(&self, container: &str) -> PathBuf {
+        self.dir.join("termination").join(container)
+    }
+
     /// The Pod's private `/tmp`.
     pub fn tmp(&self) -> PathBuf {
         self.dir.join("tmp")

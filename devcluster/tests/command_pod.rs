@@ -1,0 +1,335 @@
+//! Commands against a broker cluster through a command Pod (`mooring_operator::pod_command`), end
+//! to end on a devcluster: the operator's controller (in-process) runs a 3-node RabbitMQ
+//! BrokerCluster; `rabbitmqctl cluster_status` run from a command Pod over Erlang distribution
+//! sees all three nodes running; a failing command returns its exit code and output; a command
+//! that overruns its timeout is reported; no command Pod is left behind.
+//!
+//! Needs root, the control-plane binaries and Debian's `rabbitmq-server` (as `pods.rs`). The
+//! devcluster has its own state directory, ports, bridge, name prefixes and pod network.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use mooring_crds::BrokerCluster;
+use mooring_operator::context::State;
+use mooring_operator::controller::Scope;
+use mooring_operator::leader::LeaseConfig;
+use mooring_operator::pod_command::{self, PodCommandError};
+use mooring_operator::runner::lead_and_control;
+use tokio_util::sync::CancellationToken;
+
+const BIN: &str = env!("CARGO_BIN_EXE_devcluster");
+const NS: &str = "cmd";
+const CLUSTER: &str = "bus";
+
+/// A devcluster of this test (unique names per process); `down` when dropped.
+struct Devcluster {
+    dir: PathBuf,
+    ports: [u16; 3],
+    tag: String,
+    started: Instant,
+}
+
+impl Devcluster {
+    fn up() -> Self {
+        assert!(
+            // SAFETY: geteuid has no preconditions.
+            unsafe { libc::geteuid() } == 0,
+            "the command pod test needs root (network namespaces, mounts)"
+        );
+        let id = std::process::id();
+        let dir = std::env::temp_dir().join(format!("mooring-devcluster-cmd-{id}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create the state directory");
+        let dir = fs::canonicalize(&dir).expect("canonical state directory");
+        let cluster = Self {
+            dir,
+            ports: mooring_localkube::components::free_ports::<3>().expect("free ports"),
+            tag: format!("{}", id % 100_000),
+            started: Instant::now(),
+        };
+        let out = cluster
+            .command(&["up"])
+            .output()
+            .expect("run devcluster up");
+        eprintln!(
+            "$ devcluster up -> {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "devcluster up failed");
+        cluster.elapsed("devcluster up");
+        cluster
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let tag = &self.tag;
+        // 10.246.0.0/16 is used by no other test; the third octet from the pid.
+        let octet = 1 + std::process::id() % 250;
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("MOORING_DEVCLUSTER_DIR", &self.dir)
+            .env("MOORING_DEVCLUSTER_API_PORT", self.ports[0].to_string())
+            .env("MOORING_DEVCLUSTER_ETCD_PORT", self.ports[1].to_string())
+            .env(
+                "MOORING_DEVCLUSTER_ETCD_PEER_PORT",
+                self.ports[2].to_string(),
+            )
+            .env("MOORING_DEVCLUSTER_BRIDGE", format!("mdc{tag}"))
+            .env("MOORING_DEVCLUSTER_NETNS_PREFIX", format!("mdc{tag}-"))
+            .env("MOORING_DEVCLUSTER_VETH_PREFIX", format!("c{tag}"))
+            .env(
+                "MOORING_DEVCLUSTER_POD_CIDR",
+                format!("10.246.{octet}.0/24"),
+            )
+            .env_remove("MOORING_DEVCLUSTER")
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    async fn client(&self) -> Client {
+        mooring_devcluster::kube_client(&self.dir.join("kubeconfig"))
+            .await
+            .expect("a client for the devcluster")
+    }
+
+    fn elapsed(&self, what: &str) {
+        eprintln!("[{:6.1} s] {what}", self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for Devcluster {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        if failed {
+            let log = fs::read_to_string(self.dir.join("logs/agent.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!(
+                "--- agent.log (last 60 lines) ---\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+            // `down` removes the pods' directories: keep their container logs with the others.
+            let keep = self.dir.join("logs/pods");
+            for pod in fs::read_dir(self.dir.join("pods"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                for log in fs::read_dir(pod.path().join("logs"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let _ = fs::create_dir_all(&keep);
+                    let name = format!(
+                        "{}-{}",
+                        pod.file_name().to_string_lossy(),
+                        log.file_name().to_string_lossy()
+                    );
+                    let _ = fs::copy(log.path(), keep.join(name));
+                }
+            }
+        }
+        let _ = self.command(&["down"]).output();
+        if failed || std::env::var_os("MOORING_KEEP_TEST_STATE").is_some() {
+            eprintln!("state (logs) kept in {}", self.dir.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Polls `f` every 500 ms until it returns `Some`, for at most `timeout`.
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn ready(bc: &BrokerCluster) -> bool {
+    bc.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+fn argv(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+async fn command_pods(client: &Client) -> Vec<String> {
+    Api::<Pod>::namespaced(client.clone(), NS)
+        .list(&ListParams::default().labels("app.kubernetes.io/component=command"))
+        .await
+        .expect("list pods")
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmqctl_runs_in_a_command_pod_over_erlang_distribution() {
+    let dc = Devcluster::up();
+    let client = dc.client().await;
+    mooring_tests::install_crd(&client)
+        .await
+        .expect("install the CRD");
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": NS}})).expect("a namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create the namespace");
+
+    let stop = CancellationToken::new();
+    let operator = {
+        let (client, stop) = (client.clone(), stop.clone());
+        let lease = LeaseConfig {
+            name: "mooring-operator".into(),
+            namespace: NS.into(),
+            identity: "command-pod-test".into(),
+            duration: Duration::from_secs(5),
+        };
+        let scope = Scope {
+            namespace: Some(NS.into()),
+            ..Scope::default()
+        };
+        tokio::spawn(
+            async move { lead_and_control(client, State::new(), lease, scope, &stop).await },
+        )
+    };
+
+    let clusters: Api<BrokerCluster> = Api::namespaced(client.clone(), NS);
+    let bc: BrokerCluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "mooring.dev/v1alpha1",
+        "kind": "BrokerCluster",
+        "metadata": {"name": CLUSTER},
+        "spec": {"broker": {"kind": "rabbitmq", "version": "3.10.8"}, "replicas": 3},
+    }))
+    .expect("a BrokerCluster");
+    clusters
+        .create(&PostParams::default(), &bc)
+        .await
+        .expect("create the BrokerCluster");
+    let bc = wait_for("the cluster Ready", Duration::from_secs(240), || async {
+        clusters.get(CLUSTER).await.ok().filter(ready)
+    })
+    .await;
+    dc.elapsed("BrokerCluster Ready");
+
+    // cluster_status from outside the brokers, over Erlang distribution.
+    let node = |ordinal: u32| {
+        format!("rabbit@{CLUSTER}-{ordinal}.{CLUSTER}-headless.{NS}.svc.cluster.local")
+    };
+    let t = Instant::now();
+    let status = pod_command::run(
+        &client,
+        &bc,
+        &argv(&[
+            "rabbitmqctl",
+            "-q",
+            "-l",
+            "-n",
+            &node(0),
+            "cluster_status",
+            "--formatter",
+            "json",
+        ]),
+        Duration::from_secs(90),
+    )
+    .await
+    .expect("cluster_status ran");
+    let took = t.elapsed();
+    dc.elapsed(&format!(
+        "cluster_status in a command pod: {took:?}, {} bytes of output",
+        status.output.len()
+    ));
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    assert!(!status.truncated, "{status:?}");
+    let json: serde_json::Value = serde_json::from_str(status.output.trim())
+        .unwrap_or_else(|e| panic!("cluster_status prints JSON ({e}): {}", status.output));
+    let mut running: Vec<String> = json["running_nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("running_nodes: {json}"))
+        .iter()
+        .filter_map(|n| n.as_str().map(str::to_string))
+        .collect();
+    running.sort();
+    assert_eq!(running, [node(0), node(1), node(2)], "{json}");
+
+    // A command that fails: its exit code and its output.
+    let t = Instant::now();
+    let failed = pod_command::run(
+        &client,
+        &bc,
+        &argv(&[
+            "rabbitmqctl",
+            "-l",
+            "-n",
+            // A host that resolves, a node name its epmd does not know: fails at once (an
+            // unresolvable host makes the CLI retry for ~50 s).
+            &format!("nonexistent@{CLUSTER}-0.{CLUSTER}-headless.{NS}.svc.cluster.local"),
+            "status",
+        ]),
+        Duration::from_secs(90),
+    )
+    .await
+    .expect("the failing command ran");
+    dc.elapsed(&format!(
+        "a failing command in {:?}: exit {}: {:?}",
+        t.elapsed(),
+        failed.exit_code,
+        failed.output.lines().next().unwrap_or_default()
+    ));
+    assert_ne!(failed.exit_code, 0, "{failed:?}");
+    assert!(!failed.output.trim().is_empty(), "{failed:?}");
+
+    // A command that overruns its time limit.
+    let t = Instant::now();
+    let overrun = pod_command::run(
+        &client,
+        &bc,
+        &argv(&["sleep", "60"]),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(
+        matches!(overrun, Err(PodCommandError::Timeout { .. })),
+        "{overrun:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    dc.elapsed(&format!("timeout reported: {}", overrun.unwrap_err()));
+
+    // Every command Pod is deleted.
+    wait_for("no command pods", Duration::from_secs(30), || async {
+        command_pods(&client).await.is_empty().then_some(())
+    })
+    .await;
+    dc.elapsed("command pods deleted");
+
+    stop.cancel();
+    operator
+        .await
+        .expect("operator task")
+        .expect("the operator stopped cleanly");
+}
