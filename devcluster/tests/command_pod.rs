@@ -2,7 +2,8 @@
 //! to end on a devcluster: the operator's controller (in-process) runs a 3-node RabbitMQ
 //! BrokerCluster; `rabbitmqctl cluster_status` run from a command Pod over Erlang distribution
 //! sees all three nodes running; a failing command returns its exit code and output; a command
-//! that overruns its timeout is reported; no command Pod is left behind.
+//! that overruns its timeout is reported; no command Pod is left behind. Then a LoadBalancer
+//! Service in front of the brokers answers MQTT on 127.0.0.1 through devcluster's forwarder.
 //!
 //! Needs root, the control-plane binaries and Debian's `rabbitmq-server` (as `pods.rs`). The
 //! devcluster has its own state directory, ports, bridge, name prefixes and pod network.
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use mooring_crds::BrokerCluster;
@@ -224,7 +225,8 @@ async fn rabbitmqctl_runs_in_a_command_pod_over_erlang_distribution() {
         "apiVersion": "mooring.dev/v1alpha1",
         "kind": "BrokerCluster",
         "metadata": {"name": CLUSTER},
-        "spec": {"broker": {"kind": "rabbitmq", "version": "3.10.8"}, "replicas": 3},
+        "spec": {"broker": {"kind": "rabbitmq", "version": "3.10.8"}, "replicas": 3,
+                 "auth": {"allowAnonymous": true}},
     }))
     .expect("a BrokerCluster");
     clusters
@@ -326,6 +328,66 @@ async fn rabbitmqctl_runs_in_a_command_pod_over_erlang_distribution() {
     })
     .await;
     dc.elapsed("command pods deleted");
+
+    // A LoadBalancer Service in front of the brokers answers on 127.0.0.1 (like `minikube
+    // tunnel`): MQTT through the forwarder reaches the cluster.
+    let lb_port = mooring_localkube::components::free_ports::<1>().expect("a free port")[0];
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "bus-lb"},
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {"app.kubernetes.io/instance": CLUSTER, "app.kubernetes.io/component": "broker"},
+            "ports": [{"name": "mqtt", "port": lb_port, "targetPort": 1883}],
+        },
+    }))
+    .expect("a Service");
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    services
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create the LoadBalancer Service");
+    wait_for("ingress 127.0.0.1", Duration::from_secs(30), || async {
+        let s = services.get("bus-lb").await.ok()?;
+        let ingress = s.status?.load_balancer?.ingress?;
+        ingress
+            .iter()
+            .any(|i| i.ip.as_deref() == Some("127.0.0.1"))
+            .then_some(())
+    })
+    .await;
+    let port = lb_port.to_string();
+    let sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv311", "-q", "1"])
+        .args(["-i", "lb-sub", "-t", "lb/test", "-C", "1", "-W", "30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run mosquitto_sub");
+    let got = wait_for(
+        "a message through the forwarder",
+        Duration::from_secs(40),
+        || {
+            let port = port.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let out = tokio::process::Command::new("mosquitto_pub")
+                    .args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv311", "-q", "1"])
+                    .args(["-i", "lb-pub", "-t", "lb/test", "-m", "through-lb"])
+                    .output()
+                    .await
+                    .ok()?;
+                out.status.success().then_some(())
+            }
+        },
+    )
+    .await;
+    let _: () = got;
+    let out = sub.wait_with_output().expect("mosquitto_sub ends");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "through-lb",
+        "the subscriber behind 127.0.0.1:{lb_port} got the message"
+    );
+    dc.elapsed("MQTT through the LoadBalancer forwarder on 127.0.0.1");
 
     stop.cancel();
     operator
