@@ -209,23 +209,35 @@ async fn status_generation(
     .await
 }
 
-#[tokio::test]
-async fn a_rabbitmq_cluster_gets_every_child_with_its_content() -> Result<()> {
-    let (client, ns) = setup("rmq").await?;
-    let users = Secret {
+/// A users Secret (username -> password) as `spec.auth.users` refers to.
+async fn create_users_secret(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    user: &str,
+    password: &str,
+) -> Result<()> {
+    let secret = Secret {
         metadata: kube::api::ObjectMeta {
-            name: Some("mqtt-users".into()),
+            name: Some(name.into()),
             ..Default::default()
         },
         data: Some(BTreeMap::from([(
-            "alice".to_string(),
-            ByteString(b"s3cret".to_vec()),
+            user.to_string(),
+            ByteString(password.as_bytes().to_vec()),
         )])),
         ..Default::default()
     };
-    Api::<Secret>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &users)
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
         .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rabbitmq_cluster_gets_every_child_with_its_content() -> Result<()> {
+    let (client, ns) = setup("rmq").await?;
+    create_users_secret(&client, &ns, "mqtt-users", "alice", "s3cret").await?;
     create_cluster(&client, &ns, "rmq", json!({
         "broker": {"kind": "rabbitmq", "version": "3.13.7"},
         "replicas": 3,
@@ -647,20 +659,7 @@ async fn a_missing_secret_is_reported_and_the_cluster_recovers_once_it_exists() 
     .await?;
     assert_eq!(events.type_.as_deref(), Some("Warning"));
 
-    let users = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("later".into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "bob".to_string(),
-            ByteString(b"pw".to_vec()),
-        )])),
-        ..Default::default()
-    };
-    Api::<Secret>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &users)
-        .await?;
+    create_users_secret(&client, &ns, "later", "bob", "pw").await?;
     wait_for::<BrokerCluster>(
         &client,
         &ns,
