@@ -606,9 +606,6 @@ async fn deleting_the_cluster_removes_its_children_and_volumes_follow_the_policy
         wait_gone::<Secret>(&client, &ns, &format!("{name}-credentials")).await?;
         wait_gone::<Service>(&client, &ns, &format!("{name}-headless")).await?;
         wait_gone::<Service>(&client, &ns, name).await?;
-        wait_gone::<PodDisruptionBudget>(&client, &ns, name)
-            .await
-            .ok();
     }
     wait_gone::<PersistentVolumeClaim>(&client, &ns, "data-drop-0").await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
