@@ -8,8 +8,6 @@
 //! Needs root, the control-plane binaries and Debian's `rabbitmq-server` (as `pods.rs`). The
 //! devcluster has its own state directory, ports, bridge, name prefixes and pod network.
 
-use std::fs;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,146 +22,13 @@ use mooring_operator::pod_command::{self, PodCommandError};
 use mooring_operator::runner::lead_and_control;
 use tokio_util::sync::CancellationToken;
 
-const BIN: &str = env!("CARGO_BIN_EXE_devcluster");
+mod support;
+use support::{wait_for_every, Devcluster};
+
 const NS: &str = "cmd";
 const CLUSTER: &str = "bus";
-
-/// A devcluster of this test (unique names per process); `down` when dropped.
-struct Devcluster {
-    dir: PathBuf,
-    ports: [u16; 3],
-    tag: String,
-    started: Instant,
-}
-
-impl Devcluster {
-    fn up() -> Self {
-        assert!(
-            // SAFETY: geteuid has no preconditions.
-            unsafe { libc::geteuid() } == 0,
-            "the command pod test needs root (network namespaces, mounts)"
-        );
-        let id = std::process::id();
-        let dir = std::env::temp_dir().join(format!("mooring-devcluster-cmd-{id}"));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create the state directory");
-        let dir = fs::canonicalize(&dir).expect("canonical state directory");
-        let cluster = Self {
-            dir,
-            ports: mooring_localkube::components::free_ports::<3>().expect("free ports"),
-            tag: format!("{}", id % 100_000),
-            started: Instant::now(),
-        };
-        let out = cluster
-            .command(&["up"])
-            .output()
-            .expect("run devcluster up");
-        eprintln!(
-            "$ devcluster up -> {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "devcluster up failed");
-        cluster.elapsed("devcluster up");
-        cluster
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let tag = &self.tag;
-        // 10.246.0.0/16 is used by no other test; the third octet from the pid.
-        let octet = 1 + std::process::id() % 250;
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .env("MOORING_DEVCLUSTER_DIR", &self.dir)
-            .env("MOORING_DEVCLUSTER_API_PORT", self.ports[0].to_string())
-            .env("MOORING_DEVCLUSTER_ETCD_PORT", self.ports[1].to_string())
-            .env(
-                "MOORING_DEVCLUSTER_ETCD_PEER_PORT",
-                self.ports[2].to_string(),
-            )
-            .env("MOORING_DEVCLUSTER_BRIDGE", format!("mdc{tag}"))
-            .env("MOORING_DEVCLUSTER_NETNS_PREFIX", format!("mdc{tag}-"))
-            .env("MOORING_DEVCLUSTER_VETH_PREFIX", format!("c{tag}"))
-            .env(
-                "MOORING_DEVCLUSTER_POD_CIDR",
-                format!("10.246.{octet}.0/24"),
-            )
-            .env_remove("MOORING_DEVCLUSTER")
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    async fn client(&self) -> Client {
-        mooring_devcluster::kube_client(&self.dir.join("kubeconfig"))
-            .await
-            .expect("a client for the devcluster")
-    }
-
-    fn elapsed(&self, what: &str) {
-        eprintln!("[{:6.1} s] {what}", self.started.elapsed().as_secs_f64());
-    }
-}
-
-impl Drop for Devcluster {
-    fn drop(&mut self) {
-        let failed = std::thread::panicking();
-        if failed {
-            let log = fs::read_to_string(self.dir.join("logs/agent.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!(
-                "--- agent.log (last 60 lines) ---\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-            // `down` removes the pods' directories: keep their container logs with the others.
-            let keep = self.dir.join("logs/pods");
-            for pod in fs::read_dir(self.dir.join("pods"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                for log in fs::read_dir(pod.path().join("logs"))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
-                    let _ = fs::create_dir_all(&keep);
-                    let name = format!(
-                        "{}-{}",
-                        pod.file_name().to_string_lossy(),
-                        log.file_name().to_string_lossy()
-                    );
-                    let _ = fs::copy(log.path(), keep.join(name));
-                }
-            }
-        }
-        let _ = self.command(&["down"]).output();
-        if failed || std::env::var_os("MOORING_KEEP_TEST_STATE").is_some() {
-            eprintln!("state (logs) kept in {}", self.dir.display());
-        } else {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-/// Polls `f` every 500 ms until it returns `Some`, for at most `timeout`.
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
+/// How often `wait_for_every` polls.
+const POLL: Duration = Duration::from_millis(500);
 
 fn ready(bc: &BrokerCluster) -> bool {
     bc.status.as_ref().is_some_and(|s| {
@@ -190,7 +55,7 @@ async fn command_pods(client: &Client) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmqctl_runs_in_a_command_pod_over_erlang_distribution() {
-    let dc = Devcluster::up();
+    let dc = Devcluster::up("cmd");
     let client = dc.client().await;
     mooring_tests::install_crd(&client)
         .await
@@ -233,9 +98,12 @@ async fn rabbitmqctl_runs_in_a_command_pod_over_erlang_distribution() {
         .create(&PostParams::default(), &bc)
         .await
         .expect("create the BrokerCluster");
-    let bc = wait_for("the cluster Ready", Duration::from_secs(240), || async {
-        clusters.get(CLUSTER).await.ok().filter(ready)
-    })
+    let bc = wait_for_every(
+        POLL,
+        "the cluster Ready",
+        Duration::from_secs(240),
+        || async { clusters.get(CLUSTER).await.ok().filter(ready) },
+    )
     .await;
     dc.elapsed("BrokerCluster Ready");
 
@@ -323,7 +191,7 @@ async fn rabbitmqctl_runs_in_a_command_pod_over_erlang_distribution() {
     dc.elapsed(&format!("timeout reported: {}", overrun.unwrap_err()));
 
     // Every command Pod is deleted.
-    wait_for("no command pods", Duration::from_secs(30), || async {
+    wait_for_every(POLL, "no command pods", Duration::from_secs(30), || async {
         command_pods(&client).await.is_empty().then_some(())
     })
     .await;
@@ -346,14 +214,19 @@ async fn rabbitmqctl_runs_in_a_command_pod_over_erlang_distribution() {
         .create(&PostParams::default(), &svc)
         .await
         .expect("create the LoadBalancer Service");
-    wait_for("ingress 127.0.0.1", Duration::from_secs(30), || async {
-        let s = services.get("bus-lb").await.ok()?;
-        let ingress = s.status?.load_balancer?.ingress?;
-        ingress
-            .iter()
-            .any(|i| i.ip.as_deref() == Some("127.0.0.1"))
-            .then_some(())
-    })
+    wait_for_every(
+        POLL,
+        "ingress 127.0.0.1",
+        Duration::from_secs(30),
+        || async {
+            let s = services.get("bus-lb").await.ok()?;
+            let ingress = s.status?.load_balancer?.ingress?;
+            ingress
+                .iter()
+                .any(|i| i.ip.as_deref() == Some("127.0.0.1"))
+                .then_some(())
+        },
+    )
     .await;
     let port = lb_port.to_string();
     let sub = Command::new("mosquitto_sub")
@@ -362,7 +235,8 @@ async fn rabbitmqctl_runs_in_a_command_pod_over_erlang_distribution() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("run mosquitto_sub");
-    let got = wait_for(
+    let got = wait_for_every(
+        POLL,
         "a message through the forwarder",
         Duration::from_secs(40),
         || {

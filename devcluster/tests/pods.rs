@@ -6,12 +6,12 @@
 //!
 //! Needs root (network namespaces, mounts), the control-plane binaries (see `up_down.rs`),
 //! Debian's `rabbitmq-server` and `mosquitto-clients`. Each test brings up its own devcluster
-//! (state directory, ports, bridge and name prefixes of its own) and takes it down again, also
+//! (state directory, ports, bridge, name prefixes and pod network of its own, see `support`) and takes it down again, also
 //! when it fails (then the state directory with all logs is kept and its path printed).
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,179 +24,10 @@ use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 
-const BIN: &str = env!("CARGO_BIN_EXE_devcluster");
+mod support;
+use support::{wait_for, Devcluster};
+
 const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
-
-/// The network names of one test's devcluster: unique per test process and test (`slot`), so
-/// that two runs of these tests (or a developer's devcluster) do not collide.
-struct Net {
-    bridge: String,
-    netns_prefix: String,
-    veth_prefix: String,
-    pod_cidr: String,
-}
-
-impl Net {
-    fn unique(slot: u32) -> Self {
-        let id = std::process::id() % 10_000;
-        let tag = format!("{id}{}", char::from(b'a' + slot as u8));
-        Self {
-            bridge: format!("mdp{tag}"),
-            netns_prefix: format!("mdp{tag}-"),
-            // Room for 8 hex digits within the 15 characters of an interface name.
-            veth_prefix: format!("m{tag}"),
-            pod_cidr: format!("10.244.{}.0/24", 100 + (id % 70) * 2 + slot),
-        }
-    }
-}
-
-/// A devcluster of a test; `down` when dropped.
-struct Devcluster {
-    dir: PathBuf,
-    ports: [u16; 3],
-    net: Net,
-    started: Instant,
-}
-
-impl Devcluster {
-    fn up(name: &str, net: Net) -> Self {
-        assert!(
-            // SAFETY: geteuid has no preconditions.
-            unsafe { libc::geteuid() } == 0,
-            "the pod tests need root (network namespaces, mounts)"
-        );
-        let dir = std::env::temp_dir().join(format!(
-            "mooring-devcluster-pods-{}-{name}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create the state directory");
-        let dir = fs::canonicalize(&dir).expect("canonical state directory");
-        let ports = mooring_localkube::components::free_ports::<3>().expect("free ports");
-        let cluster = Self {
-            dir,
-            ports,
-            net,
-            started: Instant::now(),
-        };
-        let out = cluster
-            .command(&["up"])
-            .output()
-            .expect("run devcluster up");
-        eprintln!(
-            "$ devcluster up -> {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "devcluster up failed");
-        cluster.elapsed("devcluster up");
-        cluster
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .env("MOORING_DEVCLUSTER_DIR", &self.dir)
-            .env("MOORING_DEVCLUSTER_API_PORT", self.ports[0].to_string())
-            .env("MOORING_DEVCLUSTER_ETCD_PORT", self.ports[1].to_string())
-            .env(
-                "MOORING_DEVCLUSTER_ETCD_PEER_PORT",
-                self.ports[2].to_string(),
-            )
-            .env("MOORING_DEVCLUSTER_BRIDGE", &self.net.bridge)
-            .env("MOORING_DEVCLUSTER_NETNS_PREFIX", &self.net.netns_prefix)
-            .env("MOORING_DEVCLUSTER_VETH_PREFIX", &self.net.veth_prefix)
-            .env("MOORING_DEVCLUSTER_POD_CIDR", &self.net.pod_cidr)
-            .env_remove("MOORING_DEVCLUSTER")
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    async fn client(&self) -> Client {
-        mooring_devcluster::kube_client(&self.dir.join("kubeconfig"))
-            .await
-            .expect("a client for the devcluster")
-    }
-
-    fn elapsed(&self, what: &str) {
-        eprintln!("[{:6.1} s] {what}", self.started.elapsed().as_secs_f64());
-    }
-
-    /// The Pod's network namespace (from its uid, as the agent names it).
-    fn netns(&self, pod: &Pod) -> String {
-        let hex: String = pod
-            .metadata
-            .uid
-            .as_deref()
-            .unwrap_or_default()
-            .chars()
-            .filter(|c| c.is_ascii_hexdigit())
-            .take(12)
-            .collect();
-        format!("{}{hex}", self.net.netns_prefix)
-    }
-
-    fn pod_log(&self, pod: &Pod, container: &str) -> String {
-        let dir = format!(
-            "{}_{}_{}",
-            pod.metadata.namespace.as_deref().unwrap_or_default(),
-            pod.metadata.name.as_deref().unwrap_or_default(),
-            pod.metadata.uid.as_deref().unwrap_or_default()
-        );
-        fs::read_to_string(
-            self.dir
-                .join("pods")
-                .join(dir)
-                .join("logs")
-                .join(format!("{container}.log")),
-        )
-        .unwrap_or_default()
-    }
-}
-
-impl Drop for Devcluster {
-    fn drop(&mut self) {
-        let failed = std::thread::panicking();
-        if failed {
-            let log = fs::read_to_string(self.dir.join("logs/agent.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!(
-                "--- agent.log (last 60 lines) ---\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        if failed {
-            // `down` removes the pods' directories: keep their container logs with the others.
-            let keep = self.dir.join("logs/pods");
-            for pod in fs::read_dir(self.dir.join("pods"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                for log in fs::read_dir(pod.path().join("logs"))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
-                    let _ = fs::create_dir_all(&keep);
-                    let name = format!(
-                        "{}-{}",
-                        pod.file_name().to_string_lossy(),
-                        log.file_name().to_string_lossy()
-                    );
-                    let _ = fs::copy(log.path(), keep.join(name));
-                }
-            }
-        }
-        let _ = self.command(&["down"]).output();
-        if failed || std::env::var_os("MOORING_KEEP_TEST_STATE").is_some() {
-            eprintln!("state (logs) kept in {}", self.dir.display());
-        } else {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
-}
 
 /// Manifests are YAML 1.2 here (serde_yaml): file modes are written in decimal (256 = 0400,
 /// 384 = 0600), a leading 0 is not octal.
@@ -226,25 +57,6 @@ async fn create_namespace(client: &Client, name: &str) {
         .create(&PostParams::default(), &ns)
         .await
         .expect("create the namespace");
-}
-
-/// Polls `f` every 250 ms until it returns `Some`, for at most `timeout`.
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 fn is_ready(pod: &Pod) -> bool {
@@ -531,7 +343,7 @@ async fn a_rabbitmq_statefulset_forms_one_cluster_that_survives_kills_and_deleti
         Path::new(RABBITMQ_SERVER).exists(),
         "{RABBITMQ_SERVER} is missing: apt-get install -y rabbitmq-server mosquitto-clients"
     );
-    let dc = Devcluster::up("rabbitmq", Net::unique(0));
+    let dc = Devcluster::up("pods-rabbitmq");
     let client = dc.client().await;
     create_namespace(&client, RABBITMQ_NS).await;
     let [svc, cm, secret, sts] = rabbitmq_manifests();
@@ -693,7 +505,7 @@ const SHELL_NS: &str = "kubelet";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shell_pods_get_the_kubelets_env_volumes_probes_restarts_and_termination() {
-    let dc = Devcluster::up("kubelet", Net::unique(1));
+    let dc = Devcluster::up("pods-kubelet");
     let client = dc.client().await;
     create_namespace(&client, SHELL_NS).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), SHELL_NS);

@@ -5,13 +5,14 @@
 //!
 //! Needs root (bridges, network namespaces, mounts) and the control-plane binaries
 //! (`MOORING_K8S_BINS`, or the cache that `scripts/build-control-plane.sh` fills). Every test uses
-//! its own state directory, free ports, and a bridge and name prefixes of its own, so a developer's
-//! devcluster is not disturbed; the tests of this file run one at a time.
+//! its own state directory and free ports; the bridge, name prefixes and pod network are this
+//! process's (`support::Net`, tag `updown`), so a developer's devcluster is not disturbed; the
+//! tests of this file share them and run one at a time.
 
 use std::fs;
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -20,92 +21,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
 use kube::Api;
 
-const BIN: &str = env!("CARGO_BIN_EXE_devcluster");
-const BRIDGE: &str = "mdtest0";
-const NETNS_PREFIX: &str = "mdtest-";
-const VETH_PREFIX: &str = "mdtv";
-const POD_CIDR: &str = "10.244.254.0/24";
+mod support;
+use support::Devcluster;
 
 /// One test at a time: they share the bridge and prefixes.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-struct Cluster {
-    dir: PathBuf,
-    ports: [u16; 3],
-}
-
-impl Cluster {
-    fn new(name: &str) -> Self {
-        assert!(
-            // SAFETY: geteuid has no preconditions.
-            unsafe { libc::geteuid() } == 0,
-            "the devcluster tests need root (bridges, network namespaces, mounts)"
-        );
-        let dir = std::env::temp_dir().join(format!(
-            "mooring-devcluster-test-{}-{name}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create the state directory");
-        let dir = fs::canonicalize(&dir).expect("canonical state directory");
-        let ports = mooring_localkube::components::free_ports::<3>().expect("free ports");
-        Self { dir, ports }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .env("MOORING_DEVCLUSTER_DIR", &self.dir)
-            .env("MOORING_DEVCLUSTER_API_PORT", self.ports[0].to_string())
-            .env("MOORING_DEVCLUSTER_ETCD_PORT", self.ports[1].to_string())
-            .env(
-                "MOORING_DEVCLUSTER_ETCD_PEER_PORT",
-                self.ports[2].to_string(),
-            )
-            .env("MOORING_DEVCLUSTER_BRIDGE", BRIDGE)
-            .env("MOORING_DEVCLUSTER_NETNS_PREFIX", NETNS_PREFIX)
-            .env("MOORING_DEVCLUSTER_VETH_PREFIX", VETH_PREFIX)
-            .env("MOORING_DEVCLUSTER_POD_CIDR", POD_CIDR)
-            .env_remove("MOORING_DEVCLUSTER")
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    /// Runs `devcluster <args>`; its output is echoed for the test log.
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.command(args).output().expect("run devcluster");
-        eprintln!(
-            "$ devcluster {} -> {}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    /// Runs `devcluster <args>`, which must succeed; returns stdout and stderr together.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "devcluster {} failed ({}); component logs in {}",
-            args.join(" "),
-            out.status,
-            self.dir.join("logs").display()
-        );
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.join("kubeconfig")
-    }
-
+/// What `up_down` checks in a devcluster of its own.
+impl Devcluster {
     fn pids(&self) -> Vec<(String, String)> {
         let mut pids: Vec<(String, String)> = fs::read_dir(self.dir.join("run"))
             .map(|entries| {
@@ -128,17 +51,17 @@ impl Cluster {
     fn leftovers(&self) -> Vec<String> {
         let mut found = Vec::new();
         for name in dir_names("/run/netns") {
-            if name.starts_with(NETNS_PREFIX) {
+            if name.starts_with(&self.net.netns_prefix) {
                 found.push(format!("netns {name}"));
             }
         }
         for name in dir_names("/sys/class/net") {
-            if name.starts_with(VETH_PREFIX) || name == BRIDGE {
+            if name.starts_with(&self.net.veth_prefix) || name == self.net.bridge {
                 found.push(format!("interface {name}"));
             }
         }
         for name in dir_names("/etc/netns") {
-            if name.starts_with(NETNS_PREFIX) {
+            if name.starts_with(&self.net.netns_prefix) {
                 found.push(format!("/etc/netns/{name}"));
             }
         }
@@ -176,18 +99,6 @@ impl Cluster {
     fn assert_clean(&self, when: &str) {
         let left = self.leftovers();
         assert!(left.is_empty(), "{when}: left behind: {left:#?}");
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // Whatever happened, take it all down; keep the state when the test failed.
-        let _ = self.command(&["down"]).output();
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("state (logs) kept in {}", self.dir.display());
-        }
     }
 }
 
@@ -260,7 +171,7 @@ fn create_busybox_pod(kubeconfig: &Path, name: &str, wait: Duration) -> String {
 #[test]
 fn down_on_a_state_dir_that_never_saw_up_succeeds() {
     let _serial = serial();
-    let cluster = Cluster::new("never-up");
+    let cluster = Devcluster::new("updown", "never-up");
     fs::remove_dir_all(&cluster.dir).expect("remove the state directory");
     let out = cluster.ok(&["down"]);
     assert!(out.contains("nothing was running"), "{out}");
@@ -274,7 +185,7 @@ fn down_on_a_state_dir_that_never_saw_up_succeeds() {
 #[test]
 fn up_is_idempotent_and_repairs_a_half_dead_cluster() {
     let _serial = serial();
-    let cluster = Cluster::new("idempotent");
+    let cluster = Devcluster::new("updown", "idempotent");
     let out = cluster.ok(&["up"]);
     assert!(
         out.contains(&format!(
@@ -301,7 +212,7 @@ fn up_is_idempotent_and_repairs_a_half_dead_cluster() {
 
     // A second devcluster with the same bridge name is refused, and its `down` leaves the first
     // one alone.
-    let second = Cluster::new("second");
+    let second = Devcluster::new("updown", "second");
     let out = second.run(&["up"]);
     assert!(
         !out.status.success(),
@@ -347,7 +258,7 @@ fn up_is_idempotent_and_repairs_a_half_dead_cluster() {
 #[test]
 fn an_interrupted_up_removes_what_it_started() {
     let _serial = serial();
-    let cluster = Cluster::new("interrupted");
+    let cluster = Devcluster::new("updown", "interrupted");
     let mut child = cluster
         .command(&["up"])
         .stdout(Stdio::null())
@@ -380,7 +291,7 @@ fn an_interrupted_up_removes_what_it_started() {
 #[test]
 fn ten_up_down_cycles_leave_nothing_behind() {
     let _serial = serial();
-    let cluster = Cluster::new("cycles");
+    let cluster = Devcluster::new("updown", "cycles");
     let mut ups = Vec::new();
     let mut downs = Vec::new();
     for cycle in 0..10 {
