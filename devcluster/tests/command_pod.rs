@@ -8,7 +8,7 @@
 //! Needs root, the control-plane binaries and Debian's `rabbitmq-server` (as `pods.rs`). The
 //! devcluster has its own state directory, ports, bridge, name prefixes and pod network.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
@@ -228,38 +228,48 @@ async fn rabbitmqctl_runs_in_a_command_pod_over_erlang_distribution() {
         },
     )
     .await;
+    // The subscriber and the publisher may land on different nodes (round robin): the message
+    // crosses the cluster. A subscriber that could not connect yet is started again.
     let port = lb_port.to_string();
-    let sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv311", "-q", "1"])
-        .args(["-i", "lb-sub", "-t", "lb/test", "-C", "1", "-W", "30"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run mosquitto_sub");
-    let got = wait_for_every(
-        POLL,
-        "a message through the forwarder",
-        Duration::from_secs(40),
-        || {
-            let port = port.clone();
-            async move {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    let mut received = false;
+    while !received && Instant::now() < deadline {
+        let sub = tokio::process::Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv311", "-q", "1"])
+            .args(["-i", "lb-sub", "-t", "lb/test", "-C", "1", "-W", "15"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run mosquitto_sub");
+        let waiting = tokio::spawn(sub.wait_with_output());
+        let publisher = async {
+            loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let out = tokio::process::Command::new("mosquitto_pub")
+                let _ = tokio::process::Command::new("mosquitto_pub")
                     .args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv311", "-q", "1"])
                     .args(["-i", "lb-pub", "-t", "lb/test", "-m", "through-lb"])
                     .output()
-                    .await
-                    .ok()?;
-                out.status.success().then_some(())
+                    .await;
             }
-        },
-    )
-    .await;
-    let _: () = got;
-    let out = sub.wait_with_output().expect("mosquitto_sub ends");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "through-lb",
-        "the subscriber behind 127.0.0.1:{lb_port} got the message"
+        };
+        let out = tokio::select! {
+            out = waiting => out,
+            _ = publisher => unreachable!("the publisher loops"),
+        };
+        if let Ok(Ok(out)) = out {
+            last = format!(
+                "{} {}",
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            received = String::from_utf8_lossy(&out.stdout).trim() == "through-lb";
+        }
+    }
+    assert!(
+        received,
+        "a subscriber behind 127.0.0.1:{lb_port} got the message (last attempt: {last:?})"
     );
     dc.elapsed("MQTT through the LoadBalancer forwarder on 127.0.0.1");
 
