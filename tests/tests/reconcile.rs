@@ -209,6 +209,16 @@ async fn status_generation(
     .await
 }
 
+/// Every file of a ConfigMap, joined.
+fn config_text(cm: &ConfigMap) -> String {
+    cm.data
+        .clone()
+        .unwrap_or_default()
+        .into_values()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A users Secret (username -> password) as `spec.auth.users` refers to.
 async fn create_users_secret(
     client: &Client,
@@ -264,12 +274,7 @@ async fn a_rabbitmq_cluster_gets_every_child_with_its_content() -> Result<()> {
         .is_some_and(|p| p.iter().any(|p| p.container_port == 1883)));
 
     let cm: ConfigMap = wait_for(&client, &ns, "rmq-config", "ConfigMap", |_| true).await?;
-    let conf = cm
-        .data
-        .unwrap_or_default()
-        .into_values()
-        .collect::<Vec<_>>()
-        .join("\n");
+    let conf = config_text(&cm);
     for ordinal in 0..3 {
         let node = format!("rabbit@rmq-{ordinal}.rmq-headless.{ns}.svc.cluster.local");
         assert!(
@@ -379,17 +384,15 @@ async fn an_emqx_cluster_gets_every_child_with_its_content() -> Result<()> {
         .as_ref()
         .is_some_and(|p| p.iter().any(|p| p.container_port == 18083)));
     let cm: ConfigMap = wait_for(&client, &ns, "bus-config", "ConfigMap", |_| true).await?;
-    let conf = cm
-        .data
-        .unwrap_or_default()
-        .into_values()
-        .collect::<Vec<_>>()
-        .join("\n");
+    let conf = config_text(&cm);
     assert!(
-        conf.contains("5000"),
+        conf.contains("max_mqueue_len = 5000"),
         "max queued messages rendered:\n{conf}"
     );
-    assert!(conf.contains("$SYS/#"), "ACL rendered:\n{conf}");
+    assert!(
+        conf.contains("{deny, all, subscribe, [\"$SYS/#\"]}."),
+        "ACL rendered:\n{conf}"
+    );
     let headless: Service =
         wait_for(&client, &ns, "bus-headless", "headless Service", |_| true).await?;
     assert!(headless

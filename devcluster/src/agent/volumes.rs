@@ -362,20 +362,37 @@ fn mode_of(m: Option<i32>) -> u32 {
     m.map(|m| m as u32).unwrap_or(DEFAULT_MODE)
 }
 
+/// The data of the named Secret or ConfigMap (`None` when it does not exist).
+async fn get_data<K>(
+    client: &Client,
+    ns: &str,
+    volume: &str,
+    name: &str,
+    data: fn(&K) -> BTreeMap<String, Vec<u8>>,
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, VolumeError>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map(|o| o.as_ref().map(data))
+        .map_err(|source| VolumeError::Api {
+            volume: volume.to_string(),
+            source,
+        })
+}
+
 async fn get_secret(
     client: &Client,
     ns: &str,
     volume: &str,
     name: &str,
 ) -> Result<Option<BTreeMap<String, Vec<u8>>>, VolumeError> {
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .map(|o| o.as_ref().map(secret_data))
-        .map_err(|source| VolumeError::Api {
-            volume: volume.to_string(),
-            source,
-        })
+    get_data::<Secret>(client, ns, volume, name, secret_data).await
 }
 
 async fn get_config_map(
@@ -384,14 +401,7 @@ async fn get_config_map(
     volume: &str,
     name: &str,
 ) -> Result<Option<BTreeMap<String, Vec<u8>>>, VolumeError> {
-    Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .map(|o| o.as_ref().map(config_map_data))
-        .map_err(|source| VolumeError::Api {
-            volume: volume.to_string(),
-            source,
-        })
+    get_data::<ConfigMap>(client, ns, volume, name, config_map_data).await
 }
 
 async fn service_account_token(

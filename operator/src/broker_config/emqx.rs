@@ -501,27 +501,17 @@ fn ssl_options(m: &TlsMount) -> String {
 
 /// A HOCON quoted string: `"`, `\` and control characters escaped (`\uXXXX`).
 fn hocon_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    quoted(s, |c| format!("\\u{:04x}", c as u32))
 }
 
 /// An Erlang string literal for `file:consult`: `"`, `\` and control characters escaped.
 fn erl_str(s: &str) -> String {
+    quoted(s, |c| format!("\\x{{{:X}}}", c as u32))
+}
+
+/// `s` in double quotes with `"`, `\`, `\n`, `\r` and `\t` escaped the way HOCON and Erlang
+/// share; other control characters (and U+2028/U+2029) through `control`, whose syntax differs.
+fn quoted(s: &str, control: impl Fn(char) -> String) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for ch in s.chars() {
@@ -531,9 +521,7 @@ fn erl_str(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
-                out.push_str(&format!("\\x{{{:X}}}", c as u32));
-            }
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => out.push_str(&control(c)),
             c => out.push(c),
         }
     }
