@@ -386,24 +386,6 @@ where
         })
 }
 
-async fn get_secret(
-    client: &Client,
-    ns: &str,
-    volume: &str,
-    name: &str,
-) -> Result<Option<BTreeMap<String, Vec<u8>>>, VolumeError> {
-    get_data::<Secret>(client, ns, volume, name, secret_data).await
-}
-
-async fn get_config_map(
-    client: &Client,
-    ns: &str,
-    volume: &str,
-    name: &str,
-) -> Result<Option<BTreeMap<String, Vec<u8>>>, VolumeError> {
-    get_data::<ConfigMap>(client, ns, volume, name, config_map_data).await
-}
-
 async fn service_account_token(
     client: &Client,
     pod: &Pod,
@@ -460,7 +442,7 @@ pub async fn materialise(
         let dir = paths.volume(&v.name);
         let name = v.name.as_str();
         let m = if let Some(cm) = &v.config_map {
-            let data = get_config_map(client, &ns, name, &cm.name).await?;
+            let data = get_data::<ConfigMap>(client, &ns, name, &cm.name, config_map_data).await?;
             let files = key_files(
                 name,
                 "configmap",
@@ -474,7 +456,7 @@ pub async fn materialise(
             Materialised::Files(dir)
         } else if let Some(s) = &v.secret {
             let secret_name = s.secret_name.clone().unwrap_or_default();
-            let data = get_secret(client, &ns, name, &secret_name).await?;
+            let data = get_data::<Secret>(client, &ns, name, &secret_name, secret_data).await?;
             let files = key_files(
                 name,
                 "secret",
@@ -501,7 +483,8 @@ pub async fn materialise(
             let mut files = Vec::new();
             for source in p.sources.iter().flatten() {
                 if let Some(cm) = &source.config_map {
-                    let data = get_config_map(client, &ns, name, &cm.name).await?;
+                    let data =
+                        get_data::<ConfigMap>(client, &ns, name, &cm.name, config_map_data).await?;
                     files.extend(key_files(
                         name,
                         "configmap",
@@ -512,7 +495,7 @@ pub async fn materialise(
                         default_mode,
                     )?);
                 } else if let Some(s) = &source.secret {
-                    let data = get_secret(client, &ns, name, &s.name).await?;
+                    let data = get_data::<Secret>(client, &ns, name, &s.name, secret_data).await?;
                     files.extend(key_files(
                         name,
                         "secret",
