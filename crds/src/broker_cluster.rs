@@ -532,10 +532,19 @@ pub struct RepairSpec {
     #[serde(default = "default_repair_interval")]
     #[schemars(range(min = 1, max = 3600))]
     pub interval_seconds: i64,
+    /// How long a member without a Pod (left by a scale-down, a "ghost") stays in the cluster
+    /// before Mooring removes it, in seconds. A node that comes back within it is left alone.
+    #[serde(default = "default_ghost_grace")]
+    #[schemars(range(min = 0, max = 604800))]
+    pub ghost_grace_seconds: i64,
 }
 
 fn default_repair_interval() -> i64 {
     5
+}
+
+fn default_ghost_grace() -> i64 {
+    300
 }
 
 impl Default for RepairSpec {
@@ -543,6 +552,7 @@ impl Default for RepairSpec {
         Self {
             enabled: true,
             interval_seconds: default_repair_interval(),
+            ghost_grace_seconds: default_ghost_grace(),
         }
     }
 }

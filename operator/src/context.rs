@@ -9,6 +9,8 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::Client;
 use prometheus_client::registry::Registry;
 
+use crate::alerts::Alerts;
+use crate::membership;
 use crate::metrics::Metrics;
 
 /// Shared between the controller, the leader elector and the HTTP server.
@@ -17,6 +19,8 @@ pub struct State {
     pub registry: Registry,
     /// The operator's metrics.
     pub metrics: Metrics,
+    /// Alerts that fire now.
+    pub alerts: Alerts,
     ready: AtomicBool,
 }
 
@@ -28,6 +32,7 @@ impl State {
         Arc::new(Self {
             registry,
             metrics,
+            alerts: Alerts::default(),
             ready: AtomicBool::new(false),
         })
     }
@@ -49,6 +54,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Shared state (metrics).
     pub state: Arc<State>,
+    /// Membership monitors and their reports.
+    pub membership: membership::Registry,
     /// Consecutive failures per object (namespace/name), for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -65,6 +72,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             state,
+            membership: membership::Registry::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }

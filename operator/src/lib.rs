@@ -2,13 +2,16 @@
 //! dashboard), leader election and the pure builders behind them.
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod apply;
 pub mod broker_config;
 pub mod conditions;
 pub mod context;
 pub mod controller;
 pub mod credentials;
+pub mod drivers;
 pub mod leader;
+pub mod membership;
 pub mod metrics;
 pub mod pod_command;
 pub mod resources;

@@ -16,6 +16,33 @@ pub struct ErrorLabels {
     pub reason: String,
 }
 
+/// Labels of the repair counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RepairLabels {
+    /// `JoinStray`, `RemoveGhost` or `ResetForgotten`.
+    pub kind: String,
+    /// `success` or `failure`.
+    pub result: String,
+}
+
+/// Labels of per-cluster gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    /// `namespace/name` of the BrokerCluster.
+    pub cluster: String,
+}
+
+/// Labels of the firing-alerts gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    /// `namespace/name` of the BrokerCluster.
+    pub cluster: String,
+    /// The alert's name.
+    pub alert: String,
+    /// `critical` or `warning`.
+    pub severity: String,
+}
+
 /// The operator's metrics.
 pub struct Metrics {
     /// Reconciles run.
@@ -26,6 +53,16 @@ pub struct Metrics {
     pub duration: Histogram,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
+    /// Membership checks run (one per cluster per interval).
+    pub membership_checks: Counter,
+    /// Membership repairs, by kind and result.
+    pub repairs: Family<RepairLabels, Counter>,
+    /// From a problem's detection to the repair that fixed it.
+    pub time_to_repair: Histogram,
+    /// Nodes outside the majority partition (strays and forgotten nodes), per cluster.
+    pub nodes_out_of_cluster: Family<ClusterLabels, Gauge>,
+    /// 1 per alert that fires.
+    pub alerts_firing: Family<AlertLabels, Gauge>,
 }
 
 impl Metrics {
@@ -36,6 +73,11 @@ impl Metrics {
             failures: Family::default(),
             duration: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
             leader: Gauge::default(),
+            membership_checks: Counter::default(),
+            repairs: Family::default(),
+            time_to_repair: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            nodes_out_of_cluster: Family::default(),
+            alerts_firing: Family::default(),
         };
         registry.register(
             "mooring_reconciliations",
@@ -57,7 +99,42 @@ impl Metrics {
             "1 while this operator replica holds the leader lease",
             m.leader.clone(),
         );
+        registry.register(
+            "mooring_membership_checks",
+            "Membership checks run: every ready node asked for its own view",
+            m.membership_checks.clone(),
+        );
+        registry.register(
+            "mooring_membership_repairs",
+            "Membership repairs, by kind and result",
+            m.repairs.clone(),
+        );
+        registry.register(
+            "mooring_membership_time_to_repair_seconds",
+            "From detecting a stray, forgotten or ghost node to the repair that fixed it",
+            m.time_to_repair.clone(),
+        );
+        registry.register(
+            "mooring_membership_nodes_out_of_cluster",
+            "Broker nodes outside the majority partition (stray or forgotten), per cluster",
+            m.nodes_out_of_cluster.clone(),
+        );
+        registry.register(
+            "mooring_alerts_firing",
+            "Alerts that fire, by cluster, name and severity",
+            m.alerts_firing.clone(),
+        );
         m
+    }
+
+    /// Counts a repair.
+    pub fn repaired(&self, kind: &str, ok: bool) {
+        self.repairs
+            .get_or_create(&RepairLabels {
+                kind: kind.to_string(),
+                result: if ok { "success" } else { "failure" }.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a reconcile and returns a guard that records its duration when dropped.

@@ -43,7 +43,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Container, ContainerStateTerminated, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerStateTerminated, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::wait::await_condition;
@@ -110,6 +112,9 @@ pub enum PodCommandError {
     /// The StatefulSet has no Pod template container to copy.
     #[error("StatefulSet {0} has no broker container")]
     NoBrokerContainer(String),
+    /// A command needs a broker's data, which is not in a PersistentVolumeClaim.
+    #[error("StatefulSet {0} keeps its data in an emptyDir: no claim to mount")]
+    NoDataClaim(String),
     /// No command to run.
     #[error("empty command")]
     EmptyCommand,
@@ -202,15 +207,26 @@ fn literal(arg: &str) -> String {
     arg.replace('$', "$$")
 }
 
+/// A broker Pod's data volume, for a command that repairs that node's data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataAccess {
+    /// The PersistentVolumeClaim holding the data (`data-<pod>`).
+    pub claim: String,
+    /// The node the broker Pod is bound to: a ReadWriteOnce volume can only be mounted there.
+    pub node_name: Option<String>,
+}
+
 /// The command Pod (pure): a copy of the broker container of `sts` (image, pull policy,
 /// environment, security context, working directory, and every volume mount but the data
 /// volume, with those volumes) running `argv` once. `deadline` becomes `activeDeadlineSeconds`.
+/// With `data`, the broker's data mount is kept and backed by that claim, on that node.
 pub fn command_pod(
     bc: &BrokerCluster,
     sts: &StatefulSet,
     name: &str,
     argv: &[String],
     deadline: Duration,
+    data: Option<&DataAccess>,
 ) -> Result<Pod, PodCommandError> {
     if argv.is_empty() {
         return Err(PodCommandError::EmptyCommand);
@@ -230,11 +246,20 @@ pub fn command_pod(
         .or_else(|| template.containers.first())
         .ok_or_else(|| PodCommandError::NoBrokerContainer(sts.name_any()))?;
 
+    let data_volume = data.map(|d| Volume {
+        name: DATA_VOLUME.into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: d.claim.clone(),
+            read_only: Some(false),
+        }),
+        ..Volume::default()
+    });
     let volumes: BTreeMap<&str, _> = template
         .volumes
         .iter()
         .flatten()
         .filter(|v| v.name != DATA_VOLUME)
+        .chain(data_volume.iter())
         .map(|v| (v.name.as_str(), v))
         .collect();
     // Mounts of volumes the template defines (claim templates, the data volume, are left out).
@@ -296,6 +321,7 @@ pub fn command_pod(
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
             node_selector: template.node_selector.clone(),
+            node_name: data.and_then(|d| d.node_name.clone()),
             tolerations: template.tolerations.clone(),
             image_pull_secrets: template.image_pull_secrets.clone(),
             ..PodSpec::default()
@@ -422,6 +448,37 @@ pub fn output_of(t: &ContainerStateTerminated) -> CommandOutput {
     }
 }
 
+/// Where the data of broker Pod `pod` lives: its claim from the StatefulSet's `data` claim
+/// template, and the node it runs on.
+async fn data_access(
+    api: &Api<Pod>,
+    sts: &StatefulSet,
+    pod: &str,
+) -> Result<DataAccess, PodCommandError> {
+    let has_claim = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_claim_templates.as_ref())
+        .is_some_and(|t| {
+            t.iter()
+                .any(|c| c.metadata.name.as_deref() == Some(DATA_VOLUME))
+        });
+    if !has_claim {
+        return Err(PodCommandError::NoDataClaim(sts.name_any()));
+    }
+    let broker = api
+        .get_opt(pod)
+        .await
+        .map_err(|source| PodCommandError::Api {
+            action: format!("read broker pod {pod}"),
+            source,
+        })?;
+    Ok(DataAccess {
+        claim: format!("{DATA_VOLUME}-{pod}"),
+        node_name: broker.and_then(|p| p.spec).and_then(|s| s.node_name),
+    })
+}
+
 /// Deletes the Pod in the background when dropped (a cancelled [`run`] leaves nothing behind).
 struct Cleanup {
     api: Api<Pod>,
@@ -464,6 +521,19 @@ pub async fn run(
     argv: &[String],
     timeout: Duration,
 ) -> Result<CommandOutput, PodCommandError> {
+    run_with(client, bc, argv, timeout, None).await
+}
+
+/// Like [`run`], with the data volume of the broker Pod `data_of` mounted at the broker's data
+/// path (for commands that repair that node's data). The cluster must keep its data in
+/// PersistentVolumeClaims (`persistence.enabled`).
+pub async fn run_with(
+    client: &Client,
+    bc: &BrokerCluster,
+    argv: &[String],
+    timeout: Duration,
+    data_of: Option<&str>,
+) -> Result<CommandOutput, PodCommandError> {
     let names = ChildNames::of(bc)?;
     let ns = names.cluster.namespace.as_str();
     let sts = Api::<StatefulSet>::namespaced(client.clone(), ns)
@@ -477,9 +547,13 @@ pub async fn run(
             namespace: ns.to_string(),
             name: names.stateful_set.clone(),
         })?;
-    let name = pod_name(&names.cluster.name);
-    let pod = command_pod(bc, &sts, &name, argv, timeout)?;
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let data = match data_of {
+        Some(pod) => Some(data_access(&api, &sts, pod).await?),
+        None => None,
+    };
+    let name = pod_name(&names.cluster.name);
+    let pod = command_pod(bc, &sts, &name, argv, timeout, data.as_ref())?;
     let started = tokio::time::Instant::now();
     api.create(&PostParams::default(), &pod)
         .await
@@ -602,7 +676,15 @@ mod tests {
             "--formatter",
             "json",
         ]);
-        let pod = command_pod(&bc, &sts, "bus-cmd-abcde", &cmd, Duration::from_secs(60)).unwrap();
+        let pod = command_pod(
+            &bc,
+            &sts,
+            "bus-cmd-abcde",
+            &cmd,
+            Duration::from_secs(60),
+            None,
+        )
+        .unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("bus-cmd-abcde"));
         assert_eq!(pod.metadata.namespace.as_deref(), Some("iot"));
         let labels = pod.metadata.labels.clone().unwrap();
@@ -686,12 +768,52 @@ mod tests {
             "bus-cmd-x",
             &argv(&["emqx", "ctl", "cluster", "status"]),
             Duration::from_millis(10),
+            None,
         )
         .unwrap();
         let spec = pod.spec.unwrap();
         assert!(spec.security_context.and_then(|s| s.fs_group).is_some());
         assert_eq!(spec.active_deadline_seconds, Some(1));
         assert!(spec.volumes.unwrap().iter().all(|v| v.name != DATA_VOLUME));
+    }
+
+    #[test]
+    fn a_data_command_mounts_the_broker_pods_claim_on_its_node() {
+        let bc = cluster(serde_json::json!({"broker": {"kind": "rabbitmq"}}));
+        let sts = stateful_set(&bc);
+        let data = DataAccess {
+            claim: "data-bus-2".into(),
+            node_name: Some("node-a".into()),
+        };
+        let pod = command_pod(
+            &bc,
+            &sts,
+            "p",
+            &argv(&["ls", "/var/lib/rabbitmq/mnesia"]),
+            Duration::from_secs(5),
+            Some(&data),
+        )
+        .unwrap();
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("node-a"));
+        let volume = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == DATA_VOLUME)
+            .expect("the data volume");
+        assert_eq!(
+            volume.persistent_volume_claim.unwrap().claim_name,
+            "data-bus-2"
+        );
+        let mount = spec.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap()
+            .into_iter()
+            .find(|m| m.name == DATA_VOLUME)
+            .expect("the data mount");
+        assert_eq!(mount.mount_path, "/var/lib/rabbitmq/mnesia");
     }
 
     #[test]
@@ -704,18 +826,26 @@ mod tests {
             "p",
             &argv(&["echo", "$(HOME)", "a$b"]),
             Duration::from_secs(5),
+            None,
         )
         .unwrap();
         let command = pod.spec.unwrap().containers[0].command.clone().unwrap();
         assert_eq!(&command[4..], ["echo", "$$(HOME)", "a$$b"]);
         assert!(matches!(
-            command_pod(&bc, &sts, "p", &[], Duration::from_secs(5)),
+            command_pod(&bc, &sts, "p", &[], Duration::from_secs(5), None),
             Err(PodCommandError::EmptyCommand)
         ));
         let mut unread = bc.clone();
         unread.metadata.uid = None;
         assert!(matches!(
-            command_pod(&unread, &sts, "p", &argv(&["true"]), Duration::from_secs(5)),
+            command_pod(
+                &unread,
+                &sts,
+                "p",
+                &argv(&["true"]),
+                Duration::from_secs(5),
+                None
+            ),
             Err(PodCommandError::Build(_))
         ));
     }

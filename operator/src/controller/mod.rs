@@ -16,12 +16,13 @@ use mooring_crds::BrokerCluster;
 use tracing::{info, warn};
 
 use crate::context::Context;
+use crate::membership::Stores;
 use crate::Error;
 
 mod reconcile;
 mod status;
 
-pub use reconcile::reconcile;
+pub use reconcile::{is_paused, reconcile};
 
 /// Label selector of the children the controller watches.
 const OWNED_SELECTOR: &str = "app.kubernetes.io/managed-by=mooring";
@@ -69,7 +70,20 @@ pub async fn run(
     let client = ctx.client.clone();
     let clusters: Api<BrokerCluster> = scope.api(&client);
     let owned = watcher::Config::default().labels(OWNED_SELECTOR);
+    let stores = Stores::start(
+        &client,
+        scope.namespace.as_deref(),
+        &ctx.membership.shutdown,
+    )
+    .await;
+    ctx.membership.set_stores(stores);
+    // Membership monitors ask for a reconcile when their report changes (status is written there).
+    let triggers = ctx.membership.take_triggers().map(|rx| {
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
+    });
+    let membership_stop = ctx.membership.shutdown.clone();
     Controller::new(clusters, watcher::Config::default())
+        .reconcile_on(futures::stream::iter(triggers).flatten())
         .with_config(runtime_controller::Config::default().concurrency(scope.concurrency))
         .owns(scope.api::<StatefulSet>(&client), owned.clone())
         .owns(scope.api::<ConfigMap>(&client), owned.clone())
@@ -87,6 +101,7 @@ pub async fn run(
             }
         })
         .await;
+    membership_stop.cancel();
     info!("controller stopped");
 }
 

@@ -20,6 +20,7 @@ use crate::broker_config::{self, BrokerLayout, RenderInput};
 use crate::conditions::{self, Outcome};
 use crate::context::Context;
 use crate::credentials;
+use crate::membership;
 use crate::resources::{self, children_selector, ChildNames, Children};
 use crate::{Error, Result};
 
@@ -64,6 +65,7 @@ pub async fn reconcile(bc: Arc<BrokerCluster>, ctx: Arc<Context>) -> Result<Acti
     let names = ChildNames::of(&bc)?;
 
     if is_paused(&bc) {
+        membership::spawn(&ctx, &bc);
         status::write(&ctx, &bc, vec![conditions::paused()], None, None).await?;
         ctx.reset_backoff(&key);
         return Ok(Action::requeue(RESYNC));
@@ -71,6 +73,7 @@ pub async fn reconcile(bc: Arc<BrokerCluster>, ctx: Arc<Context>) -> Result<Acti
 
     match converge(&bc, &ctx, &names).await {
         Ok(applied) => {
+            membership::spawn(&ctx, &bc);
             let rollout = rollout_of(&applied.stateful_set, bc.spec.replicas);
             let computed = conditions::compute(&rollout, &Outcome::Applied);
             let endpoints = status::endpoints(&names, &applied.layout);

@@ -13,6 +13,7 @@ use super::publish;
 use crate::broker_config::BrokerLayout;
 use crate::conditions::{self, types, Computed, Rollout};
 use crate::context::Context;
+use crate::membership;
 use crate::resources::{ChildNames, FIELD_MANAGER};
 use crate::{Error, Result};
 
@@ -76,8 +77,14 @@ pub async fn write(
     let paused = computed
         .iter()
         .any(|c| c.type_ == types::PAUSED && c.status == conditions::Status::True);
-    if conditions::find(&previous.conditions, types::MEMBERSHIP_CONSISTENT).is_none() {
-        computed.push(conditions::membership_unchecked());
+    let report = ctx.membership.report(&super::object_key(bc));
+    match &report {
+        Some(r) if !paused => membership::apply_to_conditions(&mut computed, r),
+        Some(r) => computed.push(r.condition()),
+        None if conditions::find(&previous.conditions, types::MEMBERSHIP_CONSISTENT).is_none() => {
+            computed.push(conditions::membership_unchecked());
+        }
+        None => {}
     }
     let generation = bc.metadata.generation;
     let now = Time(Timestamp::now());
@@ -92,6 +99,9 @@ pub async fn write(
     }
     if let Some(e) = endpoints {
         next.endpoints = e;
+    }
+    if let Some(r) = &report {
+        next.members = r.members();
     }
     if same_ignoring_times(&previous, &next) {
         return Ok(());

@@ -93,6 +93,10 @@ pub fn stateful_set(
         startup_probe: layout.startup_probe.clone(),
         resources: spec.resources.clone(),
         volume_mounts: Some(mounts),
+        // A broker that fails to boot leaves its last log lines in
+        // `lastState.terminated.message`: membership repair reads RabbitMQ's
+        // `inconsistent_cluster` from there without needing `pods/log`.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     };
 
@@ -303,6 +307,10 @@ mod tests {
         let c = &pod.containers[0];
         assert_eq!(c.name, "rabbitmq");
         assert!(c.readiness_probe.is_some() && c.liveness_probe.is_some());
+        assert_eq!(
+            c.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
         assert_eq!(pod.termination_grace_period_seconds, Some(60));
     }
 

@@ -1,0 +1,92 @@
+//! Caches of the broker Pods and StatefulSets, kept by watches, so that checking every cluster
+//! every few seconds costs no API requests.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
+use mooring_crds::BrokerCluster;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::resources::{ChildNames, COMPONENT_BROKER, MANAGED_BY};
+
+/// The Pod and StatefulSet caches.
+#[derive(Clone)]
+pub struct Stores {
+    pods: Store<Pod>,
+    stateful_sets: Store<StatefulSet>,
+}
+
+impl Stores {
+    /// Starts the watches (in `namespace`, or everywhere) until `stop`; returns once both caches
+    /// have their first full list.
+    pub async fn start(client: &Client, namespace: Option<&str>, stop: &CancellationToken) -> Self {
+        let pods_api: Api<Pod> = match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let sts_api: Api<StatefulSet> = match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let pod_labels = format!(
+            "app.kubernetes.io/managed-by={MANAGED_BY},app.kubernetes.io/component={COMPONENT_BROKER}"
+        );
+        let sts_labels = format!("app.kubernetes.io/managed-by={MANAGED_BY}");
+        let (pods, pods_writer) = reflector::store();
+        let (stateful_sets, sts_writer) = reflector::store();
+        let pod_stream = reflector::reflector(
+            pods_writer,
+            watcher(pods_api, watcher::Config::default().labels(&pod_labels)),
+        )
+        .default_backoff()
+        .for_each(|_| futures::future::ready(()));
+        let sts_stream = reflector::reflector(
+            sts_writer,
+            watcher(sts_api, watcher::Config::default().labels(&sts_labels)),
+        )
+        .default_backoff()
+        .for_each(|_| futures::future::ready(()));
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {},
+                _ = futures::future::join(pod_stream, sts_stream) => {},
+            }
+            debug!("membership caches stopped");
+        });
+        // Readiness of the caches only fails when the writers are dropped (shutdown).
+        let _ =
+            futures::future::join(pods.wait_until_ready(), stateful_sets.wait_until_ready()).await;
+        Self {
+            pods,
+            stateful_sets,
+        }
+    }
+
+    /// The broker Pods of `bc` (by name) and its StatefulSet, as cached.
+    pub fn of(&self, bc: &BrokerCluster) -> (Vec<Arc<Pod>>, Option<Arc<StatefulSet>>) {
+        let ns = bc.namespace().unwrap_or_default();
+        let name = bc.name_any();
+        let sts_name = ChildNames::new(&name, &ns).stateful_set;
+        let sts = self
+            .stateful_sets
+            .get(&ObjectRef::new(&sts_name).within(&ns));
+        let mut pods: Vec<Arc<Pod>> = self
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.namespace().as_deref() == Some(ns.as_str())
+                    && p.labels().get("app.kubernetes.io/instance") == Some(&name)
+            })
+            .collect();
+        pods.sort_by_key(|p| p.name_any());
+        (pods, sts)
+    }
+}
