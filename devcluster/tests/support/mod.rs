@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 
+pub mod brokers;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_devcluster");
 
 /// The network names of a devcluster: unique per test process and tag, so that two runs of the

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{self as runtime_controller, Action, Controller};
 use kube::runtime::events::{Event, EventType};
@@ -23,6 +23,17 @@ mod reconcile;
 mod status;
 
 pub use reconcile::{is_paused, reconcile};
+
+/// A reference to the Pod `name` in the cluster's namespace, for [`publish_related`].
+pub(crate) fn pod_reference(bc: &BrokerCluster, name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(name.to_string()),
+        namespace: bc.namespace(),
+        ..ObjectReference::default()
+    }
+}
 
 /// Label selector of the children the controller watches.
 const OWNED_SELECTOR: &str = "app.kubernetes.io/managed-by=mooring";
@@ -127,12 +138,28 @@ pub(crate) async fn publish(
     action: &str,
     note: String,
 ) {
+    publish_related(ctx, bc, type_, reason, action, note, None).await;
+}
+
+/// [`publish`] with a related object (`related` of the Event), for example the broker Pod a
+/// repair is about. kube's recorder folds Events with the same type, reason, action and related
+/// object within minutes into one series that keeps the FIRST note: Events about different
+/// Pods or different actions must differ in one of those.
+pub(crate) async fn publish_related(
+    ctx: &Context,
+    bc: &BrokerCluster,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+    related: Option<ObjectReference>,
+) {
     let ev = Event {
         type_,
         reason: reason.to_string(),
         note: Some(note),
         action: action.to_string(),
-        secondary: None,
+        secondary: related,
     };
     if let Err(e) = ctx.recorder.publish(&ev, &bc.object_ref(&())).await {
         warn!(cluster = %object_key(bc), error = %e, "cannot publish event");

@@ -25,7 +25,7 @@ pub mod plan;
 mod stores;
 
 pub use monitor::spawn;
-pub use plan::{Assessment, NodeState, Repair, Verdict};
+pub use plan::{Assessment, Blocked, NodeState, Repair, Verdict};
 pub use stores::Stores;
 
 /// Alert names raised by membership repair.
@@ -90,7 +90,7 @@ impl Report {
         };
         let mut message = a.message.clone();
         if let Some(b) = &a.blocked {
-            message = format!("{message}; {b}");
+            message = format!("{message}; {}", b.message);
         }
         if let Some(f) = &self.failing {
             message = format!("{message}; last repair failed: {f}");
@@ -278,7 +278,10 @@ mod tests {
                 reason: reason.into(),
                 message: "m".into(),
                 repair: None,
-                blocked: Some("a rollout is in progress".into()),
+                blocked: Some(plan::Blocked {
+                    cause: "Rollout",
+                    message: "a rollout is in progress".into(),
+                }),
             },
             repairs: BTreeMap::from([(
                 "rabbit@bus-2".to_string(),

@@ -22,7 +22,7 @@ use super::{alert_names, RepairRecord, Report};
 use crate::alerts::Severity;
 use crate::broker_config::{self, secret_keys, ClusterNames};
 use crate::context::{backoff, Context};
-use crate::controller::{is_paused, object_key, publish};
+use crate::controller::{is_paused, object_key, pod_reference, publish, publish_related};
 use crate::drivers::pod_runner::PodCommandRunner;
 use crate::drivers::{Driver, DriverConfig, NodeTarget, COMMAND_TIMEOUT, HTTP_TIMEOUT};
 use crate::resources::ChildNames;
@@ -33,8 +33,8 @@ const CONFIRM_DELAY: Duration = Duration::from_secs(2);
 const AFTER_REPAIR_DELAY: Duration = Duration::from_secs(1);
 /// Rounds without a StatefulSet after which the monitor checks whether its cluster still exists.
 const MISSING_ROUNDS: u32 = 3;
-/// What the broker prints when the cluster forgot it (RabbitMQ's boot failure).
-const FORGOTTEN_MARKER: &str = "inconsistent_cluster";
+/// Restarts after which a broker that is not ready counts as unable to boot.
+const CRASH_LOOP_RESTARTS: i32 = 2;
 
 /// Starts the monitor of `bc`, or hands it the newest spec if it runs already.
 pub fn spawn(ctx: &Arc<Context>, bc: &Arc<BrokerCluster>) {
@@ -55,7 +55,7 @@ pub fn spawn(ctx: &Arc<Context>, bc: &Arc<BrokerCluster>) {
         stray_streak: BTreeMap::new(),
         ghost_since: BTreeMap::new(),
         detected_at: BTreeMap::new(),
-        repairs: BTreeMap::new(),
+        repairs: recorded_repairs(bc),
         failures: 0,
         backoff_until: None,
         failing: None,
@@ -63,6 +63,26 @@ pub fn spawn(ctx: &Arc<Context>, bc: &Arc<BrokerCluster>) {
         missing_rounds: 0,
     };
     tokio::spawn(monitor.run());
+}
+
+/// The last repairs the status records (kept across operator restarts).
+fn recorded_repairs(bc: &BrokerCluster) -> BTreeMap<String, RepairRecord> {
+    bc.status
+        .iter()
+        .flat_map(|s| &s.members)
+        .filter_map(|m| {
+            let time = m.last_repair_time.clone()?;
+            let result = m.last_repair_result.clone().unwrap_or_default();
+            Some((
+                m.node.clone(),
+                RepairRecord {
+                    time,
+                    ok: !result.contains("failed"),
+                    result,
+                },
+            ))
+        })
+        .collect()
 }
 
 struct Monitor {
@@ -322,10 +342,13 @@ impl Monitor {
                 NodeState::Ghost => "GhostMember",
                 _ => continue,
             };
+            let related = (!m.pod.is_empty()).then(|| pod_reference(bc, &m.pod));
             notes.push((
                 EventType::Warning,
                 reason,
+                "CheckMembership",
                 format!("{}: {}", m.node, a.message),
+                related,
             ));
         }
         let was_no_majority = self
@@ -333,16 +356,32 @@ impl Monitor {
             .as_ref()
             .is_some_and(|p| p.verdict == Verdict::NoMajority);
         if a.verdict == Verdict::NoMajority && !was_no_majority {
-            notes.push((EventType::Warning, "NoMajority", a.message.clone()));
+            notes.push((
+                EventType::Warning,
+                "NoMajority",
+                "CheckMembership",
+                a.message.clone(),
+                None,
+            ));
         }
         let blocked_before = self.previous.as_ref().and_then(|p| p.blocked.clone());
         if let Some(b) = &a.blocked {
             if blocked_before.as_ref() != Some(b) {
-                notes.push((EventType::Normal, "RepairWaiting", b.clone()));
+                // One Event series per cause: the recorder keeps a series' first note.
+                let related = a.members.iter().find(|m| {
+                    b.message.contains(&m.node) && !m.pod.is_empty() && m.state != NodeState::Joined
+                });
+                notes.push((
+                    EventType::Normal,
+                    "RepairWaiting",
+                    b.cause,
+                    b.message.clone(),
+                    related.map(|m| pod_reference(bc, &m.pod)),
+                ));
             }
         }
-        for (type_, reason, note) in notes {
-            publish(&self.ctx, bc, type_, reason, "CheckMembership", note).await;
+        for (type_, reason, action, note, related) in notes {
+            publish_related(&self.ctx, bc, type_, reason, action, note, related).await;
         }
 
         let out = a
@@ -387,7 +426,7 @@ impl Monitor {
                         bc,
                         EventType::Warning,
                         "AlertFiring",
-                        "Alert",
+                        name,
                         format!("{name} ({}): {message}", severity.as_str()),
                     )
                     .await;
@@ -405,7 +444,7 @@ impl Monitor {
                         bc,
                         EventType::Normal,
                         "AlertResolved",
-                        "Alert",
+                        name,
                         format!("{name} resolved"),
                     )
                     .await;
@@ -437,13 +476,15 @@ impl Monitor {
     ) {
         let what = repair.describe();
         info!(cluster = %self.key, repair = %what, "repairing membership");
-        publish(
+        let related = || Some(pod_reference(bc, repair.pod()));
+        publish_related(
             &self.ctx,
             bc,
             EventType::Normal,
             "Repairing",
-            "Repair",
+            repair.kind(),
             what.clone(),
+            related(),
         )
         .await;
         let started = Instant::now();
@@ -493,13 +534,14 @@ impl Monitor {
                         ok: true,
                     },
                 );
-                publish(
+                publish_related(
                     &self.ctx,
                     bc,
                     EventType::Normal,
                     "Repaired",
-                    "Repair",
+                    kind,
                     summary,
+                    related(),
                 )
                 .await;
                 self.alert(bc, alert_names::REPAIR_FAILED, Severity::Warning, None)
@@ -520,13 +562,14 @@ impl Monitor {
                         ok: false,
                     },
                 );
-                publish(
+                publish_related(
                     &self.ctx,
                     bc,
                     EventType::Warning,
                     "RepairFailed",
-                    "Repair",
+                    kind,
                     format!("{summary}; next try in {}s", wait.as_secs()),
+                    related(),
                 )
                 .await;
                 self.alert(
@@ -580,7 +623,8 @@ async fn observe(
         let ready = is_ready(p);
         let terminating = p.metadata.deletion_timestamp.is_some();
         let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone());
-        let forgotten_evidence = last_messages(p).any(|m| m.contains(FORGOTTEN_MARKER));
+        // RabbitMQ refuses to boot when the cluster forgot it; EMQX boots and can be joined.
+        let crash_looping = kind == BrokerKind::Rabbitmq && crash_looping(p);
         Some(async move {
             let view = match ip {
                 Some(host) if ready && !terminating => {
@@ -605,7 +649,7 @@ async fn observe(
                 ready,
                 terminating,
                 view,
-                forgotten_evidence,
+                crash_looping,
             }
         })
     });
@@ -636,18 +680,25 @@ fn pod_ip(pods: &[Arc<Pod>], name: &str) -> Option<String> {
         .and_then(|s| s.pod_ip.clone())
 }
 
-/// The termination messages of the Pod's containers (current and last state).
-fn last_messages(p: &Pod) -> impl Iterator<Item = &str> {
-    p.status
-        .iter()
-        .flat_map(|s| s.container_statuses.iter().flatten())
-        .flat_map(|c| {
-            [c.state.as_ref(), c.last_state.as_ref()]
-                .into_iter()
-                .flatten()
-                .filter_map(|s| s.terminated.as_ref())
-                .filter_map(|t| t.message.as_deref())
-        })
+/// Whether the Pod's first container keeps failing: restarted at least
+/// [`CRASH_LOOP_RESTARTS`] times and now backing off or terminated (not while it boots). (RabbitMQ's start script
+/// exits 0 even when the broker fails to boot, so neither the exit code nor a
+/// `FallbackToLogsOnError` message tells why: the restarts do.)
+fn crash_looping(p: &Pod) -> bool {
+    let Some(c) = p
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+    else {
+        return false;
+    };
+    let state = c.state.as_ref();
+    let backing_off = state
+        .and_then(|s| s.waiting.as_ref())
+        .is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff"));
+    let terminated = state.is_some_and(|s| s.terminated.is_some());
+    c.restart_count >= CRASH_LOOP_RESTARTS && !c.ready && (backing_off || terminated)
 }
 
 /// Whether the StatefulSet is rolling out (a template change or a scale), readiness aside: a
@@ -665,7 +716,7 @@ mod tests {
     use super::*;
     use k8s_openapi::api::apps::v1::StatefulSetStatus;
     use k8s_openapi::api::core::v1::{
-        ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus,
+        ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, PodStatus,
     };
 
     fn sts(status: StatefulSetStatus) -> StatefulSet {
@@ -696,18 +747,22 @@ mod tests {
         assert!(rolling(&sts(unobserved), 3));
     }
 
-    #[test]
-    fn a_boot_failure_message_is_found_in_the_last_state() {
-        let p = Pod {
+    fn pod_with(restarts: i32, ready: bool, waiting: Option<&str>) -> Pod {
+        Pod {
             status: Some(PodStatus {
                 container_statuses: Some(vec![ContainerStatus {
+                    restart_count: restarts,
+                    ready,
+                    state: Some(ContainerState {
+                        waiting: waiting.map(|r| ContainerStateWaiting {
+                            reason: Some(r.into()),
+                            ..ContainerStateWaiting::default()
+                        }),
+                        ..ContainerState::default()
+                    }),
                     last_state: Some(ContainerState {
                         terminated: Some(ContainerStateTerminated {
-                            exit_code: 1,
-                            message: Some(
-                                "BOOT FAILED\n{error,{inconsistent_cluster,\"Node x thinks...\"}}"
-                                    .into(),
-                            ),
+                            exit_code: 0,
                             ..ContainerStateTerminated::default()
                         }),
                         ..ContainerState::default()
@@ -717,8 +772,18 @@ mod tests {
                 ..PodStatus::default()
             }),
             ..Pod::default()
-        };
-        assert!(last_messages(&p).any(|m| m.contains(FORGOTTEN_MARKER)));
-        assert_eq!(last_messages(&Pod::default()).count(), 0);
+        }
+    }
+
+    #[test]
+    fn a_broker_that_keeps_failing_to_boot_is_crash_looping() {
+        assert!(crash_looping(&pod_with(3, false, Some("CrashLoopBackOff"))));
+        assert!(
+            !crash_looping(&pod_with(1, false, Some("CrashLoopBackOff"))),
+            "one crash"
+        );
+        assert!(!crash_looping(&pod_with(5, true, None)), "running again");
+        assert!(!crash_looping(&pod_with(5, false, None)), "booting");
+        assert!(!crash_looping(&Pod::default()));
     }
 }

@@ -10,9 +10,10 @@
 //!   seen stray twice in a row (a node that is still forming its cluster at boot is left alone);
 //! - a member the majority knows (running or stopped) without an expected Pod is a **ghost**
 //!   (left by a scale-down): it is removed once it has been a ghost for the grace period;
-//! - an expected Pod that cannot boot because the cluster forgot it (RabbitMQ's
-//!   `inconsistent_cluster`, read from its last termination message) and that the majority does
-//!   not list is **forgotten**: its data is moved aside so that it starts empty and joins again;
+//! - an expected Pod whose broker keeps failing to boot while the majority does not list its
+//!   node (neither running nor stopped) is **forgotten**: the cluster dropped it, so its data is
+//!   useless to the cluster (RabbitMQ refuses to boot on it: `inconsistent_cluster`); its data
+//!   is moved aside so that it starts empty and joins again;
 //! - nothing is repaired without a majority, during a rollout, while paused or disabled, or
 //!   during the backoff after a failed repair; then the reason is reported instead.
 
@@ -41,8 +42,10 @@ pub struct PodObservation {
     pub terminating: bool,
     /// What the node said about the cluster (None when it was not asked).
     pub view: Option<Result<ClusterView, String>>,
-    /// The broker's last exit says the cluster forgot this node (`inconsistent_cluster`).
-    pub forgotten_evidence: bool,
+    /// The broker keeps failing to boot: restarted at least twice and now crashed or backing
+    /// off. Only set for brokers that refuse to boot when the cluster forgot them (RabbitMQ's
+    /// `inconsistent_cluster`).
+    pub crash_looping: bool,
 }
 
 /// Everything [`assess`] needs.
@@ -169,6 +172,13 @@ impl Repair {
             | Repair::ResetForgotten { node, .. } => node,
         }
     }
+    /// The Pod the repair works on (for a ghost: the member it asks).
+    pub fn pod(&self) -> &str {
+        match self {
+            Repair::Join { pod, .. } | Repair::ResetForgotten { pod, .. } => pod,
+            Repair::RemoveGhost { via_pod, .. } => via_pod,
+        }
+    }
     /// A CamelCase name for Events and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -209,7 +219,16 @@ pub struct Assessment {
     /// The repair to run now, if any.
     pub repair: Option<Repair>,
     /// Why a needed repair is not run now.
-    pub blocked: Option<String>,
+    pub blocked: Option<Blocked>,
+}
+
+/// Why a needed repair waits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Blocked {
+    /// `Rollout`, `Paused`, `Disabled` or `Backoff`.
+    pub cause: &'static str,
+    /// A sentence for people: the repair and why it waits.
+    pub message: String,
 }
 
 /// Assesses one round of observations.
@@ -362,7 +381,13 @@ pub fn assess(input: &Input<'_>) -> Assessment {
     let (repair, blocked) = match wanted {
         None => (None, None),
         Some(r) => match block_reason(input) {
-            Some(why) => (None, Some(format!("{} is waiting: {why}", r.describe()))),
+            Some((cause, why)) => (
+                None,
+                Some(Blocked {
+                    cause,
+                    message: format!("{} is waiting: {why}", r.describe()),
+                }),
+            ),
             None => (Some(r), None),
         },
     };
@@ -414,7 +439,7 @@ fn node_state(
         return NodeState::NotReady;
     }
     if !p.ready {
-        if majority.is_some() && p.forgotten_evidence && !majority_members.contains(&p.node) {
+        if majority.is_some() && p.crash_looping && !majority_members.contains(&p.node) {
             return NodeState::Forgotten;
         }
         return NodeState::NotReady;
@@ -479,18 +504,27 @@ fn wanted_repair(
         })
 }
 
-fn block_reason(input: &Input<'_>) -> Option<String> {
+fn block_reason(input: &Input<'_>) -> Option<(&'static str, String)> {
     if input.paused {
-        Some("the cluster is paused".into())
+        Some(("Paused", "the cluster is paused".into()))
     } else if !input.repair_enabled {
-        Some("repair is disabled (spec.repair.enabled: false)".into())
+        Some((
+            "Disabled",
+            "repair is disabled (spec.repair.enabled: false)".into(),
+        ))
     } else if input.rollout_in_progress {
-        Some("a rollout is in progress; repairs wait until it completes".into())
+        Some((
+            "Rollout",
+            "a rollout is in progress; repairs wait until it completes".into(),
+        ))
     } else {
         input.backoff_left.map(|d| {
-            format!(
-                "backing off for {}s after a failed repair",
-                d.as_secs().max(1)
+            (
+                "Backoff",
+                format!(
+                    "backing off for {}s after a failed repair",
+                    d.as_secs().max(1)
+                ),
             )
         })
     }
@@ -531,7 +565,7 @@ mod tests {
             ready: true,
             terminating: false,
             view: v,
-            forgotten_evidence: false,
+            crash_looping: false,
         }
     }
 
@@ -715,18 +749,20 @@ mod tests {
         case.rollout = true;
         let a = case.assess();
         assert_eq!(a.repair, None);
-        assert!(a.blocked.as_deref().unwrap().contains("rollout"));
+        let b = a.blocked.unwrap();
+        assert_eq!(b.cause, "Rollout");
+        assert!(b.message.contains("rollout"));
         assert_eq!(a.reason, "StrayNode", "the stray is still reported");
 
         case.rollout = false;
         case.paused = true;
-        assert!(case.assess().blocked.unwrap().contains("paused"));
+        assert!(case.assess().blocked.unwrap().message.contains("paused"));
         case.paused = false;
         case.enabled = false;
-        assert!(case.assess().blocked.unwrap().contains("disabled"));
+        assert!(case.assess().blocked.unwrap().message.contains("disabled"));
         case.enabled = true;
         case.backoff = Some(Duration::from_secs(8));
-        assert!(case.assess().blocked.unwrap().contains("8s"));
+        assert!(case.assess().blocked.unwrap().message.contains("8s"));
         case.backoff = None;
         assert!(case.assess().repair.is_some());
     }
@@ -735,7 +771,7 @@ mod tests {
     fn a_forgotten_node_is_reset_only_when_the_majority_does_not_list_it() {
         let mut p2 = pod(2, None);
         p2.ready = false;
-        p2.forgotten_evidence = true;
+        p2.crash_looping = true;
         let a = Case::new(
             3,
             vec![

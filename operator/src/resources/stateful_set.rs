@@ -93,9 +93,8 @@ pub fn stateful_set(
         startup_probe: layout.startup_probe.clone(),
         resources: spec.resources.clone(),
         volume_mounts: Some(mounts),
-        // A broker that fails to boot leaves its last log lines in
-        // `lastState.terminated.message`: membership repair reads RabbitMQ's
-        // `inconsistent_cluster` from there without needing `pods/log`.
+        // A broker that fails with a non-zero exit leaves its last log lines in
+        // `lastState.terminated.message` (`kubectl describe pod` shows why it crashed).
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     };

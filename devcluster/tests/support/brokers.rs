@@ -1,0 +1,393 @@
+//! A RabbitMQ BrokerCluster on a devcluster with the operator in-process, and what the
+//! membership tests and the repair benchmark do to it: reset a node to standalone, kill its VM,
+//! check that MQTT messages cross the cluster.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use mooring_crds::{BrokerCluster, MemberStatus};
+use mooring_operator::context::State;
+use mooring_operator::controller::Scope;
+use mooring_operator::leader::LeaseConfig;
+use mooring_operator::pod_command;
+use mooring_operator::runner::lead_and_control;
+use tokio_util::sync::CancellationToken;
+
+use super::Devcluster;
+
+pub const NS: &str = "members";
+pub const POLL: Duration = Duration::from_millis(500);
+/// Time allowed for a repair to show, from the moment it is possible.
+pub const REPAIR_WITHIN: Duration = Duration::from_secs(150);
+
+pub struct Env {
+    pub dc: Devcluster,
+    pub client: Client,
+    pub clusters: Api<BrokerCluster>,
+    pub state: Arc<State>,
+}
+
+pub fn node(cluster: &str, ordinal: u32) -> String {
+    format!("rabbit@{cluster}-{ordinal}.{cluster}-headless.{NS}.svc.cluster.local")
+}
+
+pub fn condition(bc: &BrokerCluster, type_: &str) -> Option<(String, String, String)> {
+    bc.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+pub fn members(bc: &BrokerCluster) -> Vec<MemberStatus> {
+    bc.status
+        .as_ref()
+        .map(|s| s.members.clone())
+        .unwrap_or_default()
+}
+
+pub fn member_state(bc: &BrokerCluster, pod: &str) -> Option<String> {
+    members(bc)
+        .into_iter()
+        .find(|m| m.pod == pod)
+        .map(|m| m.state)
+}
+
+/// Ready, membership consistent, and every expected node Joined.
+pub fn healthy(bc: &BrokerCluster) -> bool {
+    let joined = members(bc).iter().filter(|m| m.state == "Joined").count();
+    condition(bc, "Ready").is_some_and(|c| c.0 == "True")
+        && condition(bc, "MembershipConsistent").is_some_and(|c| c.0 == "True")
+        && i32::try_from(joined).ok() == Some(bc.spec.replicas)
+}
+
+impl Env {
+    pub async fn start(
+        tag: &str,
+    ) -> (
+        Self,
+        CancellationToken,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
+        let dc = Devcluster::up(tag);
+        let client = dc.client().await;
+        mooring_tests::install_crd(&client)
+            .await
+            .expect("install the CRD");
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": NS}}))
+            .expect("a namespace");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create the namespace");
+        let state = State::new();
+        let stop = CancellationToken::new();
+        let operator = {
+            let (client, stop, state) = (client.clone(), stop.clone(), state.clone());
+            let lease = LeaseConfig {
+                name: "mooring-operator".into(),
+                namespace: NS.into(),
+                identity: "membership-test".into(),
+                duration: Duration::from_secs(5),
+            };
+            let scope = Scope {
+                namespace: Some(NS.into()),
+                ..Scope::default()
+            };
+            tokio::spawn(async move { lead_and_control(client, state, lease, scope, &stop).await })
+        };
+        let clusters = Api::namespaced(client.clone(), NS);
+        (
+            Self {
+                dc,
+                client,
+                clusters,
+                state,
+            },
+            stop,
+            operator,
+        )
+    }
+
+    /// Creates a RabbitMQ cluster (persistence on, membership checked every 3 s) and waits
+    /// until it is Ready with every node Joined.
+    pub async fn create(&self, name: &str, replicas: i32) -> BrokerCluster {
+        self.create_with(name, replicas, 3).await
+    }
+
+    /// [`Env::create`] with membership checked every `interval_seconds`.
+    pub async fn create_with(
+        &self,
+        name: &str,
+        replicas: i32,
+        interval_seconds: i64,
+    ) -> BrokerCluster {
+        let bc: BrokerCluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "mooring.dev/v1alpha1",
+            "kind": "BrokerCluster",
+            "metadata": {"name": name},
+            "spec": {
+                "broker": {"kind": "rabbitmq", "version": "3.10.8"},
+                "replicas": replicas,
+                "auth": {"allowAnonymous": true},
+                "persistence": {"enabled": true, "size": "1Gi"},
+                "repair": {"intervalSeconds": interval_seconds},
+            },
+        }))
+        .expect("a BrokerCluster");
+        self.clusters
+            .create(&PostParams::default(), &bc)
+            .await
+            .expect("create the BrokerCluster");
+        let bc = self
+            .wait(
+                name,
+                "Ready with every node Joined",
+                Duration::from_secs(300),
+                healthy,
+            )
+            .await;
+        self.dc
+            .elapsed(&format!("{name}: {replicas} nodes Ready and Joined"));
+        bc
+    }
+
+    pub async fn wait(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        test: impl Fn(&BrokerCluster) -> bool,
+    ) -> BrokerCluster {
+        let mut last = None;
+        let found = tokio::time::timeout(timeout, async {
+            loop {
+                if let Ok(bc) = self.clusters.get(name).await {
+                    if test(&bc) {
+                        return bc;
+                    }
+                    last = Some(bc);
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        })
+        .await;
+        match found {
+            Ok(bc) => bc,
+            Err(_) => panic!(
+                "timed out after {timeout:?} waiting for {name}: {what}; last status: {}",
+                serde_json::to_string_pretty(&last.and_then(|b| b.status)).unwrap_or_default()
+            ),
+        }
+    }
+
+    pub async fn patch(&self, name: &str, spec: serde_json::Value) {
+        self.clusters
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "spec": spec })),
+            )
+            .await
+            .expect("patch the BrokerCluster");
+    }
+
+    /// Runs a shell script in a command Pod of the cluster (rabbitmqctl over Erlang
+    /// distribution, as the operator does); it must succeed.
+    pub async fn sh(&self, bc: &BrokerCluster, script: &str) -> String {
+        let out = pod_command::run(
+            &self.client,
+            bc,
+            &["sh".to_string(), "-c".to_string(), script.to_string()],
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("command pod for {script:?}: {e}"));
+        assert_eq!(out.exit_code, 0, "{script}: {}", out.output);
+        out.output
+    }
+
+    /// Makes node `ordinal` of `bc` a stray: it leaves the cluster (`reset`) and boots again
+    /// while its peers are unreachable from its network namespace (as when DNS or the network
+    /// is not ready at boot), so that peer discovery finds nobody and it forms a cluster of its
+    /// own. Returns when it runs (standalone) and its peers are reachable again.
+    pub async fn make_standalone(&self, bc: &BrokerCluster, ordinal: u32) {
+        let name = bc.metadata.name.clone().expect("a named cluster");
+        let node = node(&name, ordinal);
+        let ctl = format!("rabbitmqctl -q -l -n {node}");
+        self.sh(bc, &format!("{ctl} stop_app && {ctl} reset")).await;
+        let netns = self.dc.netns(&self.pod(&format!("{name}-{ordinal}")).await);
+        let mut peers = Vec::new();
+        for i in (0..bc.spec.replicas).filter_map(|i| u32::try_from(i).ok()) {
+            if i != ordinal {
+                peers.push(self.pod_ip(&format!("{name}-{i}")).await);
+            }
+        }
+        let route = |op: &str, ip: &str| {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &netns, "ip", "route", op, "unreachable"])
+                .arg(format!("{ip}/32"))
+                .output()
+                .expect("run ip");
+            assert!(
+                out.status.success() || op == "del",
+                "ip route {op} unreachable {ip}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        for ip in &peers {
+            route("add", ip);
+        }
+        let started = tokio::time::timeout(
+            Duration::from_secs(150),
+            pod_command::run(
+                &self.client,
+                bc,
+                &[
+                    "sh".to_string(),
+                    "-c".to_string(),
+                    format!("{ctl} start_app"),
+                ],
+                Duration::from_secs(140),
+            ),
+        )
+        .await;
+        for ip in &peers {
+            route("del", ip);
+        }
+        let out = started
+            .expect("start_app within 150 s")
+            .expect("start_app ran");
+        assert_eq!(out.exit_code, 0, "start_app: {}", out.output);
+    }
+
+    /// Kills the broker VM (`beam.smp`) of Pod `pod` with SIGKILL; the devcluster agent restarts
+    /// the container.
+    pub async fn kill_vm(&self, pod: &str) {
+        let netns = self.dc.netns(&self.pod(pod).await);
+        let out = std::process::Command::new("ip")
+            .args(["netns", "pids", &netns])
+            .output()
+            .expect("run ip netns pids");
+        let mut killed = 0;
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "beam.smp" {
+                let status = std::process::Command::new("kill")
+                    .args(["-9", pid])
+                    .status()
+                    .expect("run kill");
+                killed += usize::from(status.success());
+            }
+        }
+        assert!(
+            killed > 0,
+            "no beam.smp process in the network namespace of {pod}"
+        );
+    }
+
+    pub async fn pod(&self, name: &str) -> Pod {
+        Api::<Pod>::namespaced(self.client.clone(), NS)
+            .get(name)
+            .await
+            .expect("get the pod")
+    }
+
+    pub async fn pod_ip(&self, name: &str) -> String {
+        self.pod(name)
+            .await
+            .status
+            .and_then(|s| s.pod_ip)
+            .expect("the pod has an IP")
+    }
+
+    /// Events about cluster `name` with `reason`, oldest first: (time, note).
+    pub async fn events(
+        &self,
+        name: &str,
+        reason: &str,
+    ) -> Vec<(k8s_openapi::jiff::Timestamp, String)> {
+        let mut out: Vec<_> = Api::<Event>::namespaced(self.client.clone(), NS)
+            .list(&ListParams::default())
+            .await
+            .expect("list events")
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+            })
+            .map(|e| {
+                let time = e
+                    .event_time
+                    .map(|t| t.0)
+                    .or_else(|| e.metadata.creation_timestamp.map(|t| t.0))
+                    .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+                (time, e.note.unwrap_or_default())
+            })
+            .collect();
+        out.sort_by_key(|(t, _)| *t);
+        out
+    }
+}
+
+/// Whether a message published on `pub_ip` reaches a subscriber on `sub_ip` within `within`.
+pub async fn crosses(sub_ip: &str, pub_ip: &str, topic: &str, within: Duration) -> bool {
+    let secs = within.as_secs().max(2).to_string();
+    let sub = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", sub_ip, "-V", "mqttv311", "-q", "1", "-t", topic])
+        .args(["-i", &format!("sub-{topic}"), "-C", "1", "-W", &secs])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run mosquitto_sub");
+    let waiting = tokio::spawn(sub.wait_with_output());
+    let publisher = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let _ = tokio::process::Command::new("mosquitto_pub")
+                .args(["-h", pub_ip, "-V", "mqttv311", "-q", "1", "-t", topic])
+                .args(["-i", &format!("pub-{topic}"), "-m", "hello"])
+                .output()
+                .await;
+        }
+    };
+    let out = tokio::select! {
+        out = waiting => out,
+        _ = publisher => unreachable!("the publisher loops"),
+    };
+    matches!(out, Ok(Ok(o)) if String::from_utf8_lossy(&o.stdout).trim() == "hello")
+}
+
+/// Like [`crosses`], retried until `deadline` (a subscriber that connects while the node's MQTT
+/// service is still starting is refused).
+pub async fn eventually_crosses(
+    sub_ip: &str,
+    pub_ip: &str,
+    topic: &str,
+    deadline: Duration,
+) -> bool {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if crosses(sub_ip, pub_ip, topic, Duration::from_secs(10)).await {
+            return true;
+        }
+    }
+    false
+}
+
+pub fn restarts(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .map(|c| c.restart_count)
+        .unwrap_or(0)
+}
