@@ -15,10 +15,12 @@ if command -v rustup >/dev/null; then
 fi
 
 # Debian packages: command -> package. RabbitMQ and the mosquitto clients are the real broker and
-# clients the devcluster tests run; iproute2/util-linux give ip, unshare and nsenter.
+# clients the devcluster tests run; HAProxy is the sticky load balancer (and its tests run a
+# mosquitto broker behind it); iproute2/util-linux give ip, unshare and nsenter.
 need_apt=()
 for pair in openssl:openssl curl:curl ip:iproute2 unshare:util-linux nsenter:util-linux \
-            mosquitto_pub:mosquitto-clients /usr/lib/rabbitmq/bin/rabbitmq-server:rabbitmq-server; do
+            mosquitto_pub:mosquitto-clients /usr/lib/rabbitmq/bin/rabbitmq-server:rabbitmq-server \
+            /usr/sbin/haproxy:haproxy /usr/sbin/mosquitto:mosquitto; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "$cmd" ] || need_apt+=("$pkg")
 done
@@ -27,8 +29,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     $(printf '%s\n' "${need_apt[@]}" | sort -u) >&2
-  # Debian starts the packaged RabbitMQ service where it can; devcluster runs its own nodes.
-  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now rabbitmq-server >/dev/null 2>&1 || true; fi
+  # Debian starts the packaged services where it can (mosquitto would hold 1883); the tests and
+  # devcluster run their own.
+  if command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now rabbitmq-server mosquitto haproxy >/dev/null 2>&1 || true
+  fi
 fi
 
 step "control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm)"

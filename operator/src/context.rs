@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 use crate::alerts::Alerts;
 use crate::membership;
 use crate::metrics::Metrics;
+use crate::resources::load_balancer::LbImages;
 
 /// Shared between the controller, the leader elector and the HTTP server.
 pub struct State {
@@ -56,6 +57,8 @@ pub struct Context {
     pub state: Arc<State>,
     /// Membership monitors and their reports.
     pub membership: membership::Registry,
+    /// The images of the sticky load balancers.
+    pub lb_images: LbImages,
     /// Consecutive failures per object (namespace/name), for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -73,6 +76,7 @@ impl Context {
             client,
             state,
             membership: membership::Registry::default(),
+            lb_images: LbImages::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }

@@ -11,6 +11,7 @@ pub mod controller;
 pub mod credentials;
 pub mod drivers;
 pub mod leader;
+pub mod load_balancer;
 pub mod membership;
 pub mod metrics;
 pub mod pod_command;

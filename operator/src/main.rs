@@ -10,6 +10,7 @@ use kube::Client;
 use mooring_operator::context::State;
 use mooring_operator::controller::Scope;
 use mooring_operator::leader::LeaseConfig;
+use mooring_operator::resources::load_balancer::LbImages;
 use mooring_operator::runner::{lead_and_control, wait_for_crd};
 use mooring_operator::server;
 use mooring_operator::telemetry::{self, LogFormat};
@@ -63,6 +64,12 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "MOORING_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
+    /// HAProxy image of the sticky load balancers.
+    #[arg(long, env = "MOORING_HAPROXY_IMAGE", default_value = mooring_operator::resources::load_balancer::DEFAULT_HAPROXY_IMAGE)]
+    haproxy_image: String,
+    /// Mooring image the load balancers' agent runs (default: this version's release image).
+    #[arg(long, env = "MOORING_AGENT_IMAGE")]
+    agent_image: Option<String>,
 }
 
 #[tokio::main]
@@ -104,6 +111,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let scope = Scope {
             namespace: args.namespace.clone(),
             concurrency: args.concurrency,
+            lb_images: LbImages {
+                haproxy: args.haproxy_image.clone(),
+                agent: args
+                    .agent_image
+                    .clone()
+                    .unwrap_or_else(|| LbImages::default().agent),
+            },
         };
         if let Err(e) = lead_and_control(client, state.clone(), lease, scope, &shutdown).await {
             error!(error = %format!("{e:#}"), "operator stopped");

@@ -40,14 +40,16 @@ pub async fn lead_and_control(
         }
         info!("leading: starting the controller");
         state.metrics.leader.set(1);
-        let ctx = Arc::new(Context::new(
+        let mut ctx = Context::new(
             client.clone(),
             Reporter {
                 controller: "mooring".into(),
                 instance: Some(lease.identity.clone()),
             },
             state.clone(),
-        ));
+        );
+        ctx.lb_images = scope.lb_images.clone();
+        let ctx = Arc::new(ctx);
         let stop = {
             let shutdown = shutdown.clone();
             let mut leading = leading.clone();

@@ -724,3 +724,96 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over() -> Result<(
     .await?;
     b.stop().await
 }
+
+#[tokio::test]
+async fn the_load_balancer_follows_spec_load_balancer() -> Result<()> {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let (client, ns) = setup("lb").await?;
+    create_cluster(
+        &client,
+        &ns,
+        "bus",
+        json!({
+            "broker": {"kind": "rabbitmq"}, "replicas": 3,
+            "loadBalancer": {"enabled": true, "replicas": 2, "serviceType": "NodePort"},
+        }),
+    )
+    .await?;
+    let op = Operator::start(&client, &ns, "op-a");
+    let sts =
+        wait_for::<StatefulSet>(&client, &ns, "bus-lb", "the LB StatefulSet", |_| true).await?;
+    let spec = sts.spec.clone().context("LB spec")?;
+    assert_eq!(spec.replicas, Some(2));
+    assert_eq!(spec.service_name.as_deref(), Some("bus-lb-headless"));
+    let containers: Vec<String> = spec
+        .template
+        .spec
+        .context("pod spec")?
+        .containers
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(containers, ["haproxy", "agent"]);
+    let svc = wait_for::<Service>(&client, &ns, "bus-lb", "the LB Service", |_| true).await?;
+    assert_eq!(svc.spec.and_then(|s| s.type_).as_deref(), Some("NodePort"));
+    wait_for::<Service>(
+        &client,
+        &ns,
+        "bus-lb-headless",
+        "the peers' Service",
+        |_| true,
+    )
+    .await?;
+    wait_for::<ServiceAccount>(&client, &ns, "bus-lb", "the agent's account", |_| true).await?;
+    wait_for::<Role>(&client, &ns, "bus-lb", "the agent's Role", |_| true).await?;
+    wait_for::<RoleBinding>(&client, &ns, "bus-lb", "the agent's RoleBinding", |_| true).await?;
+    wait_for::<PodDisruptionBudget>(&client, &ns, "bus-lb", "the LB budget", |_| true).await?;
+    // The broker's own budget is still there (the LB's cleanup must not take it).
+    wait_for::<PodDisruptionBudget>(&client, &ns, "bus", "the broker budget", |_| true).await?;
+    let bc = wait_for::<BrokerCluster>(&client, &ns, "bus", "the LB endpoint", |bc| {
+        bc.status
+            .as_ref()
+            .is_some_and(|s| s.endpoints.iter().any(|e| e.name == "loadBalancer"))
+    })
+    .await?;
+    let endpoint = bc
+        .status
+        .context("status")?
+        .endpoints
+        .into_iter()
+        .find(|e| e.name == "loadBalancer")
+        .context("loadBalancer endpoint")?;
+    assert_eq!(
+        endpoint.address,
+        format!("bus-lb.{ns}.svc.cluster.local:1883")
+    );
+
+    // One replica: no budget. Disabled: everything goes.
+    patch_spec(
+        &client,
+        &ns,
+        "bus",
+        json!({"loadBalancer": {"replicas": 1}}),
+    )
+    .await?;
+    wait_gone::<PodDisruptionBudget>(&client, &ns, "bus-lb").await?;
+    patch_spec(
+        &client,
+        &ns,
+        "bus",
+        json!({"loadBalancer": {"enabled": false}}),
+    )
+    .await?;
+    wait_gone::<StatefulSet>(&client, &ns, "bus-lb").await?;
+    wait_gone::<Service>(&client, &ns, "bus-lb").await?;
+    wait_gone::<Service>(&client, &ns, "bus-lb-headless").await?;
+    wait_gone::<RoleBinding>(&client, &ns, "bus-lb").await?;
+    wait_gone::<Role>(&client, &ns, "bus-lb").await?;
+    wait_gone::<ServiceAccount>(&client, &ns, "bus-lb").await?;
+    assert!(get::<Service>(&client, &ns, "bus").await?.is_some());
+    assert!(get::<PodDisruptionBudget>(&client, &ns, "bus")
+        .await?
+        .is_some());
+    op.stop().await
+}

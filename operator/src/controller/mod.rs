@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::context::Context;
 use crate::membership::Stores;
+use crate::resources::load_balancer::LbImages;
 use crate::Error;
 
 mod reconcile;
@@ -49,6 +50,8 @@ pub struct Scope {
     pub namespace: Option<String>,
     /// Most reconciles in flight at once.
     pub concurrency: u16,
+    /// The images of the sticky load balancers.
+    pub lb_images: LbImages,
 }
 
 impl Default for Scope {
@@ -56,6 +59,7 @@ impl Default for Scope {
         Self {
             namespace: None,
             concurrency: DEFAULT_CONCURRENCY,
+            lb_images: LbImages::default(),
         }
     }
 }

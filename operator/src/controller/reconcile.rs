@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
@@ -21,7 +22,8 @@ use crate::conditions::{self, Outcome};
 use crate::context::Context;
 use crate::credentials;
 use crate::membership;
-use crate::resources::{self, children_selector, ChildNames, Children};
+use crate::resources::load_balancer::{self, LbChildren, LbNames, COMPONENT_LOAD_BALANCER};
+use crate::resources::{self, children_selector, ChildNames, Children, COMPONENT_BROKER};
 use crate::{Error, Result};
 
 /// How often a settled cluster is looked at again without any event.
@@ -76,7 +78,8 @@ pub async fn reconcile(bc: Arc<BrokerCluster>, ctx: Arc<Context>) -> Result<Acti
             membership::spawn(&ctx, &bc);
             let rollout = rollout_of(&applied.stateful_set, bc.spec.replicas);
             let computed = conditions::compute(&rollout, &Outcome::Applied);
-            let endpoints = status::endpoints(&names, &applied.layout);
+            let endpoints =
+                status::endpoints(&names, &applied.layout, bc.spec.load_balancer.enabled);
             status::write(&ctx, &bc, computed, Some(&rollout), Some(endpoints)).await?;
             ctx.reset_backoff(&key);
             Ok(Action::requeue(if rollout.in_progress() {
@@ -193,17 +196,77 @@ async fn converge(bc: &BrokerCluster, ctx: &Context, names: &ChildNames) -> Resu
     let removed = delete_unwanted::<PodDisruptionBudget>(
         client,
         ns,
-        &children_selector(&names.cluster.name),
+        &format!(
+            "{},app.kubernetes.io/component={COMPONENT_BROKER}",
+            children_selector(&names.cluster.name)
+        ),
         &keep_pdb,
     )
     .await?;
     for name in removed {
         info!(pdb = %name, "removed a PodDisruptionBudget the spec no longer wants");
     }
+    converge_load_balancer(bc, ctx, names, &layout).await?;
     Ok(Applied {
         stateful_set: applied_sts,
         layout,
     })
+}
+
+/// Applies the sticky load balancer's objects when `spec.loadBalancer.enabled`; deletes them
+/// when it is not (or the ones a smaller spec no longer wants, such as the PDB of one replica).
+async fn converge_load_balancer(
+    bc: &BrokerCluster,
+    ctx: &Context,
+    names: &ChildNames,
+    layout: &BrokerLayout,
+) -> Result<()> {
+    let client = &ctx.client;
+    let ns = names.cluster.namespace.as_str();
+    let (mut keep, mut keep_pdb) = (Vec::new(), Vec::new());
+    if let Some(LbChildren {
+        service_account,
+        role,
+        role_binding,
+        headless_service,
+        service,
+        stateful_set,
+        pdb,
+    }) = load_balancer::build(bc, layout, &ctx.lb_images)?
+    {
+        apply(client, ns, &service_account).await?;
+        apply(client, ns, &role).await?;
+        apply(client, ns, &role_binding).await?;
+        apply(client, ns, &headless_service).await?;
+        apply(client, ns, &service).await?;
+        apply(client, ns, &stateful_set).await?;
+        if let Some(pdb) = &pdb {
+            apply(client, ns, pdb).await?;
+            keep_pdb.push(pdb.name_any());
+        }
+        keep.push(stateful_set.name_any());
+    }
+    let selector = format!(
+        "{},app.kubernetes.io/component={COMPONENT_LOAD_BALANCER}",
+        children_selector(&names.cluster.name)
+    );
+    let lb = LbNames::of(&names.cluster.name);
+    let services = if keep.is_empty() {
+        Vec::new()
+    } else {
+        vec![lb.name.clone(), lb.headless.clone()]
+    };
+    let mut removed =
+        delete_unwanted::<PodDisruptionBudget>(client, ns, &selector, &keep_pdb).await?;
+    removed.extend(delete_unwanted::<StatefulSet>(client, ns, &selector, &keep).await?);
+    removed.extend(delete_unwanted::<Service>(client, ns, &selector, &services).await?);
+    removed.extend(delete_unwanted::<RoleBinding>(client, ns, &selector, &keep).await?);
+    removed.extend(delete_unwanted::<Role>(client, ns, &selector, &keep).await?);
+    removed.extend(delete_unwanted::<ServiceAccount>(client, ns, &selector, &keep).await?);
+    for name in removed {
+        info!(object = %name, "removed a load balancer object the spec no longer wants");
+    }
+    Ok(())
 }
 
 /// Deletes the StatefulSet, leaving its Pods (and claims) in place, and waits until it is gone so

@@ -10,10 +10,11 @@ use kube::{Api, ResourceExt};
 use mooring_crds::{BrokerCluster, BrokerClusterStatus, Condition, Endpoint};
 
 use super::publish;
-use crate::broker_config::BrokerLayout;
+use crate::broker_config::{port_names, BrokerLayout};
 use crate::conditions::{self, types, Computed, Rollout};
 use crate::context::Context;
 use crate::membership;
+use crate::resources::load_balancer::{listener_ports, LbNames};
 use crate::resources::{ChildNames, FIELD_MANAGER};
 use crate::{Error, Result};
 
@@ -44,13 +45,18 @@ pub fn last_rollout(bc: &BrokerCluster) -> Rollout {
     }
 }
 
-/// Client endpoints: the client Service's DNS name with each published port.
-pub fn endpoints(names: &ChildNames, layout: &BrokerLayout) -> Vec<Endpoint> {
-    let host = format!(
-        "{}.{}.svc.{}",
-        names.client_service, names.cluster.namespace, names.cluster.cluster_domain
-    );
-    layout
+/// Client endpoints: the client Service's DNS name with each published port, and with the load
+/// balancer on, its Service with each listener (`loadBalancer` for MQTT, `loadBalancer-<name>`
+/// for the others).
+pub fn endpoints(names: &ChildNames, layout: &BrokerLayout, load_balancer: bool) -> Vec<Endpoint> {
+    let host = |service: &str| {
+        format!(
+            "{service}.{}.svc.{}",
+            names.cluster.namespace, names.cluster.cluster_domain
+        )
+    };
+    let direct = host(&names.client_service);
+    let mut out: Vec<Endpoint> = layout
         .client_ports
         .iter()
         .map(|p| Endpoint {
@@ -58,9 +64,24 @@ pub fn endpoints(names: &ChildNames, layout: &BrokerLayout) -> Vec<Endpoint> {
                 .name
                 .clone()
                 .unwrap_or_else(|| p.container_port.to_string()),
-            address: format!("{host}:{}", p.container_port),
+            address: format!("{direct}:{}", p.container_port),
         })
-        .collect()
+        .collect();
+    if load_balancer {
+        let lb = host(&LbNames::of(&names.cluster.name).name);
+        for p in listener_ports(layout) {
+            let name = match p.name.as_deref() {
+                Some(port_names::MQTT) => "loadBalancer".to_string(),
+                Some(other) => format!("loadBalancer-{other}"),
+                None => continue,
+            };
+            out.push(Endpoint {
+                name,
+                address: format!("{lb}:{}", p.container_port),
+            });
+        }
+    }
+    out
 }
 
 /// Merges `computed` into the cluster's status and writes it if anything changed. `rollout` and

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::broker_config::{BrokerLayout, ClusterNames};
 
 mod config_map;
+pub mod load_balancer;
 mod pdb;
 mod secret;
 mod services;
