@@ -474,9 +474,10 @@ pub struct LoadBalancerSpec {
     #[serde(default)]
     pub service_type: ServiceType,
     /// How long a client id stays pinned to a node after its last new connection, in seconds.
-    /// Keep it well above the session expiry.
+    /// Keep it well above the session expiry. At most 2147483 (about 24.8 days, HAProxy's
+    /// largest timer).
     #[serde(default = "default_stickiness")]
-    #[schemars(range(min = 60, max = 2_592_000))]
+    #[schemars(range(min = 60, max = 2_147_483))]
     pub stickiness_expiry_seconds: i64,
 }
 

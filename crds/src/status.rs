@@ -62,9 +62,15 @@ pub struct MemberStatus {
     /// The members this node itself reports as running.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub view: Vec<String>,
-    /// `Joined`, `Stray`, `Ghost` or `Unknown`.
+    /// `Joined`, `Stray`, `Forgotten`, `Ghost`, `NotReady` or `Unknown`.
     #[serde(default)]
     pub state: String,
+    /// Whether the node passed every health check of the last round (unset when not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
+    /// The health checks it failed, with what was seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_checks: Vec<String>,
     /// When Mooring last repaired this node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_repair_time: Option<Time>,

@@ -824,6 +824,16 @@ async fn rabbitmq_driver_against_real_nodes() {
     assert_eq!(via2.total, Some(1));
     lab.elapsed("node 2 joined node 1");
 
+    // ----- restart_vhosts: the default vhost restarts and the node serves MQTT again -----
+    driver.restart_vhosts(&n2).await.unwrap();
+    {
+        let calls = runner.calls.lock().unwrap();
+        let (argv, _) = calls.last().unwrap();
+        assert_eq!(argv[argv.len() - 3..], ["restart_vhost", "-p", "/"]);
+    }
+    wait_healthy(&driver, &n2, Duration::from_secs(30)).await;
+    lab.elapsed("the vhost of node 2 restarted");
+
     // ----- remove_member -----
     let stop = runner
         .run(

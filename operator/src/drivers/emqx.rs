@@ -232,6 +232,23 @@ impl EmqxDriver {
         })
     }
 
+    /// See [`super::Driver::restart_vhosts`]: EMQX has no virtual hosts.
+    pub async fn restart_vhosts(&self, _node: &NodeTarget) -> Result<(), DriverError> {
+        Err(DriverError::Unsupported {
+            op: "restart_vhosts",
+            why: "EMQX has no virtual hosts".into(),
+        })
+    }
+
+    /// See [`super::Driver::restart_app`]: not done for EMQX (its health has no MQTT-level
+    /// check that would call for it).
+    pub async fn restart_app(&self, _node: &NodeTarget) -> Result<(), DriverError> {
+        Err(DriverError::Unsupported {
+            op: "restart_app",
+            why: "not implemented for EMQX".into(),
+        })
+    }
+
     /// See [`super::Driver::clients`]. The limit is clamped to 1..=1000 (the largest page every
     /// 5.x accepts).
     pub async fn clients(

@@ -392,6 +392,18 @@ impl Driver {
         dispatch!(self, d => d.reset_forgotten(node).await)
     }
 
+    /// Restarts the node's virtual hosts that are down (RabbitMQ: a node whose vhost failed to
+    /// start refuses every client of it while it looks healthy otherwise).
+    pub async fn restart_vhosts(&self, node: &NodeTarget) -> Result<(), DriverError> {
+        dispatch!(self, d => d.restart_vhosts(node).await)
+    }
+
+    /// Restarts the broker application on the node (the Erlang VM keeps running): for a member
+    /// stuck refusing clients.
+    pub async fn restart_app(&self, node: &NodeTarget) -> Result<(), DriverError> {
+        dispatch!(self, d => d.restart_app(node).await)
+    }
+
     /// Clients, paged, asking `via` (both brokers answer for the whole cluster).
     pub async fn clients(
         &self,

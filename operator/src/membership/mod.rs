@@ -36,6 +36,8 @@ pub mod alert_names {
     pub const INCONSISTENT: &str = "MembershipInconsistent";
     /// The last repair failed.
     pub const REPAIR_FAILED: &str = "MembershipRepairFailed";
+    /// A node that is a member fails health checks (it cannot serve its clients).
+    pub const NODE_UNHEALTHY: &str = "NodeUnhealthy";
 }
 
 /// The last repair of one node.
@@ -73,6 +75,8 @@ impl Report {
                     node: m.node.clone(),
                     view: m.view.clone(),
                     state: m.state.as_str().to_string(),
+                    healthy: m.failed_checks.as_ref().map(|f| f.is_empty()),
+                    failed_checks: m.failed_checks.clone().unwrap_or_default(),
                     last_repair_time: last.map(|r| r.time.clone()),
                     last_repair_result: last.map(|r| r.result.clone()),
                 }
@@ -112,13 +116,34 @@ impl Report {
             (Verdict::Inconsistent, "StrayNode" | "ForgottenNode") => {
                 Some(("MembershipInconsistent", a.message.clone()))
             }
-            _ => self.failing.as_ref().map(|f| {
-                (
-                    "RepairFailed",
-                    format!("the last membership repair failed: {f}"),
-                )
-            }),
+            _ => self
+                .failing
+                .as_ref()
+                .map(|f| {
+                    (
+                        "RepairFailed",
+                        format!("the last membership repair failed: {f}"),
+                    )
+                })
+                .or_else(|| {
+                    self.unhealthy()
+                        .map(|m| ("NodesUnhealthy", format!("health checks fail: {m}")))
+                }),
         }
+    }
+
+    /// The nodes that failed health checks, with the checks, or `None` when all passed.
+    pub fn unhealthy(&self) -> Option<String> {
+        let failing: Vec<String> = self
+            .assessment
+            .members
+            .iter()
+            .filter_map(|m| {
+                let f = m.failed_checks.as_ref().filter(|f| !f.is_empty())?;
+                Some(format!("{} ({})", m.node, f.join("; ")))
+            })
+            .collect();
+        (!failing.is_empty()).then(|| failing.join(", "))
     }
 }
 
@@ -272,6 +297,7 @@ mod tests {
                     view: vec!["rabbit@bus-2".into()],
                     state: NodeState::Stray,
                     error: None,
+                    failed_checks: None,
                 }],
                 majority: None,
                 verdict,

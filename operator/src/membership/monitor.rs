@@ -53,6 +53,8 @@ pub fn spawn(ctx: &Arc<Context>, bc: &Arc<BrokerCluster>) {
         stop,
         driver: None,
         stray_streak: BTreeMap::new(),
+        vhosts_down_streak: BTreeMap::new(),
+        mqtt_refused_streak: BTreeMap::new(),
         ghost_since: BTreeMap::new(),
         detected_at: BTreeMap::new(),
         repairs: recorded_repairs(bc),
@@ -93,6 +95,8 @@ struct Monitor {
     /// The driver and the broker version it was made for.
     driver: Option<(String, Driver)>,
     stray_streak: BTreeMap<String, u32>,
+    vhosts_down_streak: BTreeMap<String, u32>,
+    mqtt_refused_streak: BTreeMap<String, u32>,
     ghost_since: BTreeMap<String, Instant>,
     /// When each node was first seen out of the cluster (for the time-to-repair metric).
     detected_at: BTreeMap<String, Instant>,
@@ -180,6 +184,8 @@ impl Monitor {
                 .filter(|d| !d.is_zero()),
             stray_streak: &self.stray_streak,
             ghost_age: &ghost_age,
+            vhosts_down_streak: &self.vhosts_down_streak,
+            mqtt_refused_streak: &self.mqtt_refused_streak,
             ghost_grace: grace,
         });
         self.track(&assessment, now);
@@ -269,6 +275,16 @@ impl Monitor {
                 _ => {
                     self.stray_streak.remove(&m.node);
                 }
+            }
+            if m.vhosts_down() {
+                *self.vhosts_down_streak.entry(m.node.clone()).or_default() += 1;
+            } else {
+                self.vhosts_down_streak.remove(&m.node);
+            }
+            if m.fails(plan::MQTT_CHECK) {
+                *self.mqtt_refused_streak.entry(m.node.clone()).or_default() += 1;
+            } else {
+                self.mqtt_refused_streak.remove(&m.node);
             }
             if m.state == NodeState::Ghost {
                 self.ghost_since.entry(m.node.clone()).or_insert(now);
@@ -402,6 +418,19 @@ impl Monitor {
             out.then(|| a.message.clone()),
         )
         .await;
+        let unhealthy = Report {
+            assessment: a.clone(),
+            repairs: BTreeMap::new(),
+            failing: None,
+        }
+        .unhealthy();
+        self.alert(
+            bc,
+            alert_names::NODE_UNHEALTHY,
+            Severity::Warning,
+            unhealthy,
+        )
+        .await;
         self.previous = Some(a.clone());
     }
 
@@ -509,6 +538,14 @@ impl Monitor {
                 via_node,
             } => driver
                 .remove_member(&target(via_pod, via_node), node)
+                .await
+                .map_err(|e| e.to_string()),
+            Repair::RestartVhosts { pod, node } => driver
+                .restart_vhosts(&target(pod, node))
+                .await
+                .map_err(|e| e.to_string()),
+            Repair::RestartApp { pod, node } => driver
+                .restart_app(&target(pod, node))
                 .await
                 .map_err(|e| e.to_string()),
             Repair::ResetForgotten { pod, node } => {
@@ -626,21 +663,21 @@ async fn observe(
         // RabbitMQ refuses to boot when the cluster forgot it; EMQX boots and can be joined.
         let crash_looping = kind == BrokerKind::Rabbitmq && crash_looping(p);
         Some(async move {
-            let view = match ip {
+            let (view, failed_checks) = match ip {
                 Some(host) if ready && !terminating => {
                     let target = NodeTarget {
                         pod: name.clone(),
                         host,
                         node: node.clone(),
                     };
-                    Some(
-                        driver
-                            .cluster_view(&target)
-                            .await
-                            .map_err(|e| e.to_string()),
-                    )
+                    let (view, health) =
+                        futures::join!(driver.cluster_view(&target), driver.health(&target));
+                    let failed = health
+                        .ok()
+                        .map(|h| h.checks.into_iter().filter(|c| !c.ok).collect());
+                    (Some(view.map_err(|e| e.to_string())), failed)
                 }
-                _ => None,
+                _ => (None, None),
             };
             PodObservation {
                 pod: name,
@@ -649,6 +686,7 @@ async fn observe(
                 ready,
                 terminating,
                 view,
+                failed_checks,
                 crash_looping,
             }
         })

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::drivers::ClusterView;
+use crate::drivers::{ClusterView, HealthCheck};
 
 /// How long a stray must have been seen before it is joined: two consecutive checks.
 pub const STRAY_CHECKS_BEFORE_JOIN: u32 = 2;
@@ -42,6 +42,8 @@ pub struct PodObservation {
     pub terminating: bool,
     /// What the node said about the cluster (None when it was not asked).
     pub view: Option<Result<ClusterView, String>>,
+    /// The checks the node failed (None when it was not checked or did not answer).
+    pub failed_checks: Option<Vec<HealthCheck>>,
     /// The broker keeps failing to boot: restarted at least twice and now crashed or backing
     /// off. Only set for brokers that refuse to boot when the cluster forgot them (RabbitMQ's
     /// `inconsistent_cluster`).
@@ -67,6 +69,10 @@ pub struct Input<'a> {
     pub stray_streak: &'a BTreeMap<String, u32>,
     /// For how long each ghost has been seen.
     pub ghost_age: &'a BTreeMap<String, Duration>,
+    /// How many consecutive checks each node has failed its virtual-hosts check before this one.
+    pub vhosts_down_streak: &'a BTreeMap<String, u32>,
+    /// How many consecutive checks each node has refused MQTT clients before this one.
+    pub mqtt_refused_streak: &'a BTreeMap<String, u32>,
     /// How long a ghost is left before it is removed.
     pub ghost_grace: Duration,
 }
@@ -115,7 +121,32 @@ pub struct Member {
     pub state: NodeState,
     /// Why it is Unknown (the driver's error), if it is.
     pub error: Option<String>,
+    /// The health checks it failed as `name: detail` (None when not checked).
+    pub failed_checks: Option<Vec<String>>,
 }
+
+impl Member {
+    /// Whether the node failed its virtual-hosts check (RabbitMQ: a vhost down on that node).
+    pub fn vhosts_down(&self) -> bool {
+        self.fails(VHOSTS_CHECK)
+    }
+    /// Whether the node failed the health check `check`.
+    pub fn fails(&self, check: &str) -> bool {
+        self.failed_checks
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|c| c.split(':').next() == Some(check)))
+    }
+}
+
+/// The health check that fails when a node refuses MQTT clients (a real CONNECT/CONNACK).
+pub const MQTT_CHECK: &str = "mqtt-connect";
+/// Consecutive checks a member must refuse MQTT clients (while another member accepts them)
+/// before its broker application is restarted: about 30 s at the default interval. RabbitMQ 3.10
+/// can stay in this state for minutes when its client-id tracker has not found its Raft leader.
+pub const MQTT_REFUSED_CHECKS_BEFORE_RESTART: u32 = 6;
+
+/// The health check that fails when a virtual host is down on a node.
+pub const VHOSTS_CHECK: &str = "virtual-hosts";
 
 /// The overall verdict.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -154,6 +185,21 @@ pub enum Repair {
         /// Its node.
         via_node: String,
     },
+    /// Restart the virtual hosts that are down on `pod` (a member that refuses every client).
+    RestartVhosts {
+        /// The Pod.
+        pod: String,
+        /// Its node.
+        node: String,
+    },
+    /// Restart the broker application on `pod` (a member that refuses MQTT clients while others
+    /// accept them).
+    RestartApp {
+        /// The Pod.
+        pod: String,
+        /// Its node.
+        node: String,
+    },
     /// Move aside the data of the forgotten `pod` and restart it.
     ResetForgotten {
         /// The Pod.
@@ -169,13 +215,18 @@ impl Repair {
         match self {
             Repair::Join { node, .. }
             | Repair::RemoveGhost { node, .. }
+            | Repair::RestartVhosts { node, .. }
+            | Repair::RestartApp { node, .. }
             | Repair::ResetForgotten { node, .. } => node,
         }
     }
     /// The Pod the repair works on (for a ghost: the member it asks).
     pub fn pod(&self) -> &str {
         match self {
-            Repair::Join { pod, .. } | Repair::ResetForgotten { pod, .. } => pod,
+            Repair::Join { pod, .. }
+            | Repair::ResetForgotten { pod, .. }
+            | Repair::RestartVhosts { pod, .. }
+            | Repair::RestartApp { pod, .. } => pod,
             Repair::RemoveGhost { via_pod, .. } => via_pod,
         }
     }
@@ -184,6 +235,8 @@ impl Repair {
         match self {
             Repair::Join { .. } => "JoinStray",
             Repair::RemoveGhost { .. } => "RemoveGhost",
+            Repair::RestartVhosts { .. } => "RestartVhosts",
+            Repair::RestartApp { .. } => "RestartApp",
             Repair::ResetForgotten { .. } => "ResetForgotten",
         }
     }
@@ -196,6 +249,12 @@ impl Repair {
             Repair::RemoveGhost { node, via_node, .. } => {
                 format!("remove ghost member {node} (no Pod runs it) through {via_node}")
             }
+            Repair::RestartApp { node, .. } => format!(
+                "restart the broker application on {node}, which refuses MQTT clients while the other nodes accept them"
+            ),
+            Repair::RestartVhosts { node, .. } => format!(
+                "restart the virtual hosts that are down on {node}, which refuses their clients"
+            ),
             Repair::ResetForgotten { node, .. } => format!(
                 "move aside the data of {node}, which the cluster forgot, so that it starts empty and joins again"
             ),
@@ -262,6 +321,11 @@ pub fn assess(input: &Input<'_>) -> Assessment {
             Some(Err(e)) => (Vec::new(), Some(e.clone())),
             None => (Vec::new(), None),
         };
+        let failed_checks = p.failed_checks.as_ref().map(|f| {
+            f.iter()
+                .map(|c| format!("{}: {}", c.name, c.detail))
+                .collect::<Vec<_>>()
+        });
         let state = node_state(p, majority.as_deref(), &majority_members);
         members.push(Member {
             pod: p.pod.clone(),
@@ -269,6 +333,7 @@ pub fn assess(input: &Input<'_>) -> Assessment {
             view,
             state,
             error,
+            failed_checks,
         });
     }
     let pod_nodes: BTreeSet<&str> = input.pods.iter().map(|p| p.node.as_str()).collect();
@@ -284,6 +349,7 @@ pub fn assess(input: &Input<'_>) -> Assessment {
             view: Vec::new(),
             state: NodeState::Ghost,
             error: None,
+            failed_checks: None,
         });
     }
 
@@ -489,6 +555,35 @@ fn wanted_repair(
             node: f.node.clone(),
         });
     }
+    let vhosts_down = members.iter().find(|m| {
+        m.state == NodeState::Joined
+            && m.vhosts_down()
+            && input.vhosts_down_streak.get(&m.node).copied().unwrap_or(0) + 1
+                >= STRAY_CHECKS_BEFORE_JOIN
+    });
+    if let Some(v) = vhosts_down {
+        return Some(Repair::RestartVhosts {
+            pod: v.pod.clone(),
+            node: v.node.clone(),
+        });
+    }
+    // Only when another member accepts MQTT clients: a cluster-wide refusal (credentials, a
+    // listener setting) is not fixed by restarting nodes.
+    let someone_accepts = members
+        .iter()
+        .any(|m| m.state == NodeState::Joined && m.failed_checks.is_some() && !m.fails(MQTT_CHECK));
+    let refusing = members.iter().find(|m| {
+        m.state == NodeState::Joined
+            && m.fails(MQTT_CHECK)
+            && input.mqtt_refused_streak.get(&m.node).copied().unwrap_or(0) + 1
+                >= MQTT_REFUSED_CHECKS_BEFORE_RESTART
+    });
+    if let (true, Some(r)) = (someone_accepts, refusing) {
+        return Some(Repair::RestartApp {
+            pod: r.pod.clone(),
+            node: r.node.clone(),
+        });
+    }
     ghosts
         .iter()
         .find(|g| {
@@ -565,6 +660,7 @@ mod tests {
             ready: true,
             terminating: false,
             view: v,
+            failed_checks: Some(Vec::new()),
             crash_looping: false,
         }
     }
@@ -578,6 +674,8 @@ mod tests {
         backoff: Option<Duration>,
         streak: BTreeMap<String, u32>,
         ghost_age: BTreeMap<String, Duration>,
+        vhosts: BTreeMap<String, u32>,
+        mqtt: BTreeMap<String, u32>,
     }
 
     impl Case {
@@ -591,6 +689,8 @@ mod tests {
                 backoff: None,
                 streak: BTreeMap::new(),
                 ghost_age: BTreeMap::new(),
+                vhosts: BTreeMap::new(),
+                mqtt: BTreeMap::new(),
             }
         }
         fn assess(&self) -> Assessment {
@@ -603,6 +703,8 @@ mod tests {
                 backoff_left: self.backoff,
                 stray_streak: &self.streak,
                 ghost_age: &self.ghost_age,
+                vhosts_down_streak: &self.vhosts,
+                mqtt_refused_streak: &self.mqtt,
                 ghost_grace: Duration::from_secs(300),
             })
         }
@@ -853,6 +955,80 @@ mod tests {
         let a = case.assess();
         assert_eq!(a.repair.as_ref().map(Repair::node), Some(node(3).as_str()));
         assert!(a.message.contains(&node(3)) && a.message.contains(&node(4)));
+    }
+
+    #[test]
+    fn a_member_whose_vhost_is_down_gets_it_restarted_on_the_second_sighting() {
+        let mut p1 = pod(1, view(1, &[0, 1, 2], &[]));
+        p1.failed_checks = Some(vec![HealthCheck {
+            name: VHOSTS_CHECK.into(),
+            ok: false,
+            detail: "vhost '/' is down".into(),
+        }]);
+        let pods = vec![
+            pod(0, view(0, &[0, 1, 2], &[])),
+            p1,
+            pod(2, view(2, &[0, 1, 2], &[])),
+        ];
+        let mut case = Case::new(3, pods);
+        let first = case.assess();
+        assert_eq!(
+            first.verdict,
+            Verdict::Consistent,
+            "membership itself is fine"
+        );
+        assert_eq!(
+            first.members[1].failed_checks,
+            Some(vec!["virtual-hosts: vhost '/' is down".to_string()])
+        );
+        assert_eq!(first.repair, None);
+        case.vhosts.insert(node(1), 1);
+        assert_eq!(
+            case.assess().repair,
+            Some(Repair::RestartVhosts {
+                pod: "bus-1".into(),
+                node: node(1)
+            })
+        );
+    }
+
+    #[test]
+    fn a_member_refusing_mqtt_is_restarted_only_while_others_accept() {
+        let refusing = |i: i32| {
+            let mut p = pod(i, view(i, &[0, 1, 2], &[]));
+            p.failed_checks = Some(vec![HealthCheck {
+                name: MQTT_CHECK.into(),
+                ok: false,
+                detail: "no CONNACK within 5s".into(),
+            }]);
+            p
+        };
+        let mut case = Case::new(
+            3,
+            vec![
+                pod(0, view(0, &[0, 1, 2], &[])),
+                refusing(1),
+                pod(2, view(2, &[0, 1, 2], &[])),
+            ],
+        );
+        case.mqtt
+            .insert(node(1), MQTT_REFUSED_CHECKS_BEFORE_RESTART - 2);
+        assert_eq!(case.assess().repair, None, "not yet");
+        case.mqtt
+            .insert(node(1), MQTT_REFUSED_CHECKS_BEFORE_RESTART - 1);
+        assert_eq!(
+            case.assess().repair,
+            Some(Repair::RestartApp {
+                pod: "bus-1".into(),
+                node: node(1)
+            })
+        );
+        // Every node refuses: not a node's fault; nothing is restarted.
+        let mut all = Case::new(3, (0..3).map(refusing).collect());
+        for i in 0..3 {
+            all.mqtt.insert(node(i), 100);
+        }
+        assert_eq!(all.assess().repair, None);
     }
 
     #[test]

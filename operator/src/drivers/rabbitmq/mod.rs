@@ -97,8 +97,8 @@ use model::{
 };
 use scripts::{command_failed, forget_outcome, valid_node, Forget};
 pub use scripts::{
-    forget_argv, join_argv, join_script, quarantine_argv, quarantine_script, sh_quote,
-    QUARANTINE_DIR,
+    forget_argv, join_argv, join_script, quarantine_argv, quarantine_script, restart_app_script,
+    restart_vhost_argv, sh_quote, QUARANTINE_DIR,
 };
 use topics::topic_metrics_of;
 pub use topics::{
@@ -272,6 +272,34 @@ impl RabbitmqDriver {
             return Err(command_failed(OP, &node.node, &out));
         }
         info!(node = %node.node, output = %out.output.trim(), "moved the forgotten node's data aside");
+        Ok(())
+    }
+
+    /// See [`Driver::restart_vhosts`]: `restart_vhost -p /` asked of the node over Erlang
+    /// distribution ([`restart_vhost_argv`]).
+    pub async fn restart_vhosts(&self, node: &NodeTarget) -> Result<(), DriverError> {
+        const OP: &str = "restart_vhosts";
+        valid_node(OP, &node.node)?;
+        let out = self
+            .run(OP, &node.node, restart_vhost_argv(&node.node), None)
+            .await?;
+        if out.exit_code != 0 {
+            return Err(command_failed(OP, &node.node, &out));
+        }
+        info!(node = %node.node, "restarted the default vhost");
+        Ok(())
+    }
+
+    /// See [`Driver::restart_app`]: [`restart_app_script`] against the node.
+    pub async fn restart_app(&self, node: &NodeTarget) -> Result<(), DriverError> {
+        const OP: &str = "restart_app";
+        valid_node(OP, &node.node)?;
+        let argv = vec!["sh".into(), "-c".into(), restart_app_script(&node.node)];
+        let out = self.run(OP, &node.node, argv, None).await?;
+        if out.exit_code != 0 {
+            return Err(command_failed(OP, &node.node, &out));
+        }
+        info!(node = %node.node, "restarted the broker application");
         Ok(())
     }
 

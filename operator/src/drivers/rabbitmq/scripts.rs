@@ -66,6 +66,27 @@ pub fn forget_argv(via: &str, ghost: &str) -> Vec<String> {
         .collect()
 }
 
+/// `rabbitmqctl -q -l -n <node> restart_vhost -p /`: Mooring's clusters use the default vhost.
+pub fn restart_vhost_argv(node: &str) -> Vec<String> {
+    [CTL, "-q", "-l", "-n", node, "restart_vhost", "-p", "/"]
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+/// The `sh` script that restarts the broker application on `node`: `stop_app`, then ALWAYS
+/// `start_app`; exits with the first failure.
+pub fn restart_app_script(node: &str) -> String {
+    let ctl = format!("{CTL} -q -l -n {}", sh_quote(node));
+    format!(
+        "{ctl} stop_app; rc=$?\n\
+         {ctl} start_app; started=$?\n\
+         echo \"mooring: stop_app exited $rc, start_app exited $started\"\n\
+         if [ \"$rc\" -ne 0 ]; then exit \"$rc\"; fi\n\
+         exit \"$started\"\n"
+    )
+}
+
 /// How `forget_cluster_node` ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Forget {
@@ -230,6 +251,23 @@ mod tests {
         assert!(out.contains("start_app"), "{out}");
         let (rc, out) = run_with_fake_ctl(&script, &["start_app"]);
         assert_eq!(rc, 69, "{out}");
+    }
+
+    #[test]
+    fn the_restart_script_always_starts_the_app_again() {
+        let script = restart_app_script("r@a");
+        let (rc, out) = run_with_fake_ctl(&script, &[]);
+        assert_eq!(rc, 0, "{out}");
+        assert!(
+            out.contains("ctl -q -l -n r@a stop_app") && out.contains("ctl -q -l -n r@a start_app")
+        );
+        let (rc, out) = run_with_fake_ctl(&script, &["stop_app"]);
+        assert_eq!(rc, 69, "{out}");
+        assert!(out.contains("ctl -q -l -n r@a start_app"), "{out}");
+        assert_eq!(
+            restart_vhost_argv("r@a")[3..],
+            ["-n", "r@a", "restart_vhost", "-p", "/"]
+        );
     }
 
     #[test]
