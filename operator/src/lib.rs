@@ -10,6 +10,7 @@ pub mod context;
 pub mod controller;
 pub mod credentials;
 pub mod drivers;
+pub mod lb_agent;
 pub mod leader;
 pub mod load_balancer;
 pub mod membership;

@@ -36,6 +36,8 @@ enum Command {
     Run,
     /// Print the BrokerCluster CRD as YAML.
     Crd,
+    /// Run the load balancer's sidecar agent (keeps HAProxy in line with the cluster).
+    LbAgent(mooring_operator::lb_agent::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -79,6 +81,11 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Crd) => {
             print!("{}", mooring_crds::crd_yaml().context("rendering the CRD")?);
             Ok(())
+        }
+        Some(Command::LbAgent(agent)) => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            mooring_operator::lb_agent::run(agent, shutdown).await
         }
         Some(Command::Run) | None => run(args.run).await,
     }

@@ -140,6 +140,8 @@ pub const HEALTH_CHECK_CLIENT_ID: &str = "mooring-lb-check";
 pub const HEALTH_CHECK_KEEPALIVE_SECONDS: u16 = 60;
 /// CONNACK, MQTT 3.1.1, no session present, return code 0 (accepted), as HAProxy hex.
 pub const CONNACK_ACCEPTED_HEX: &str = "20020000";
+/// The start of any CONNACK (type and remaining length), as HAProxy hex.
+pub const CONNACK_ANY_HEX: &str = "2002";
 /// DISCONNECT, as HAProxy hex.
 pub const DISCONNECT_HEX: &str = "e000";
 /// Longest health check username accepted, in bytes.
@@ -247,6 +249,10 @@ pub struct LbConfig {
     pub peer_port: u16,
     /// Credentials of the health check; `None` when anonymous access is allowed.
     pub health_check_credentials: Option<HealthCheckCredentials>,
+    /// Count any CONNACK as healthy, whatever its return code: for brokers that refuse the
+    /// check's anonymous CONNECT and offer no MQTT user to it (EMQX without anonymous access).
+    /// A broker that answers CONNACK at all is alive and speaks MQTT.
+    pub accept_refused_connack: bool,
     /// Send the PROXY protocol (v2) to the brokers.
     pub proxy_protocol: bool,
     /// Port of the stats page and the Prometheus exporter.
@@ -273,6 +279,7 @@ impl LbConfig {
             peers: Vec::new(),
             peer_port: 10000,
             health_check_credentials: None,
+            accept_refused_connack: false,
             proxy_protocol: false,
             stats_port: 8404,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -391,6 +398,7 @@ pub fn render(cfg: &LbConfig) -> Result<String, LbConfigError> {
         peers,
         peer_port,
         health_check_credentials,
+        accept_refused_connack,
         proxy_protocol,
         stats_port,
         max_connections,
@@ -513,7 +521,12 @@ pub fn render(cfg: &LbConfig) -> Result<String, LbConfigError> {
     out.line("option tcp-check");
     out.line("tcp-check connect default linger");
     out.line(&format!("tcp-check send-binary {}", hex(&connect)));
-    out.line(&format!("tcp-check expect binary {CONNACK_ACCEPTED_HEX}"));
+    if *accept_refused_connack {
+        // CONNACK's fixed header and length; the return code may be a refusal.
+        out.line(&format!("tcp-check expect binary {CONNACK_ANY_HEX}"));
+    } else {
+        out.line(&format!("tcp-check expect binary {CONNACK_ACCEPTED_HEX}"));
+    }
     out.line(&format!("tcp-check send-binary {DISCONNECT_HEX}"));
     out.line(&format!(
         "default-server inter 2s fall 2 rise 2 on-marked-down shutdown-sessions init-addr libc,none{proxy_check}"
@@ -1185,6 +1198,20 @@ mod tests {
         })
         .unwrap();
         assert!(!without.contains("send-proxy"));
+    }
+
+    #[test]
+    fn a_refused_check_can_count_as_alive() {
+        let strict = render(&full()).unwrap();
+        assert!(strict.contains(&format!("tcp-check expect binary {CONNACK_ACCEPTED_HEX}\n")));
+        let lenient = render(&LbConfig {
+            accept_refused_connack: true,
+            health_check_credentials: None,
+            ..full()
+        })
+        .unwrap();
+        assert!(lenient.contains(&format!("tcp-check expect binary {CONNACK_ANY_HEX}\n")));
+        assert!(!lenient.contains(CONNACK_ACCEPTED_HEX));
     }
 
     #[test]

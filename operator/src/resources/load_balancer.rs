@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
-    PodSpec, PodTemplateSpec, Probe, Service, ServiceAccount, ServicePort, ServiceSpec,
-    TCPSocketAction, Volume, VolumeMount,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Service, ServiceAccount, ServicePort,
+    ServiceSpec, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -36,6 +36,8 @@ pub const MASTER_SOCKET: &str = "/var/run/haproxy/master.sock";
 pub const STATS_PORT: i32 = 8404;
 /// Port the replicas share the stick table on.
 pub const PEERS_PORT: i32 = 10000;
+/// The uid and gid of the official HAProxy image's `haproxy` user.
+pub const HAPROXY_UID: i64 = 99;
 
 /// The images the load balancer runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -336,6 +338,15 @@ pub fn build(
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(lb.name.clone()),
+                    // The official HAProxy image runs as `haproxy` (99); the agent shares its
+                    // sockets (mode 600) and its configuration directory.
+                    security_context: Some(PodSecurityContext {
+                        run_as_user: Some(HAPROXY_UID),
+                        run_as_group: Some(HAPROXY_UID),
+                        fs_group: Some(HAPROXY_UID),
+                        run_as_non_root: Some(true),
+                        ..PodSecurityContext::default()
+                    }),
                     init_containers: Some(vec![agent(
                         "render",
                         vec!["lb-agent".into(), "--once".into()],
