@@ -579,14 +579,33 @@ fn desired_for(
     } else {
         own_ip_from_hosts(&args.pod)
     };
-    Ok(desired(&Inputs {
+    let mut d = desired(&Inputs {
         cluster: bc,
         broker_pods: brokers,
         lb_pods: lbs,
         own_pod: &args.pod,
         own_ip,
         credentials,
-    })?)
+    })?;
+    // HAProxy refuses to start when it cannot get two descriptors per connection; the agent runs
+    // in the same Pod, under the same limits.
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    if let Some(max) = max_connections_for(&limits) {
+        d.config.max_connections = d.config.max_connections.min(max);
+    }
+    Ok(d)
+}
+
+/// The most connections HAProxy can take under the open-file limit of `/proc/self/limits`
+/// (its hard limit, which HAProxy raises its soft limit to): two descriptors per connection and
+/// some room for listeners, checks and peers. `None` when the limit is unknown or unlimited.
+pub fn max_connections_for(proc_limits: &str) -> Option<u32> {
+    let line = proc_limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))?;
+    let hard: u64 = line.split_whitespace().nth(4)?.parse().ok()?;
+    let usable = hard.saturating_sub(1000) / 2;
+    u32::try_from(usable).ok().filter(|n| *n > 0)
 }
 
 /// Runs the agent until SIGTERM/SIGINT (`shutdown`), or, with `--once`, until the configuration is
@@ -716,6 +735,18 @@ async fn run_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_connections_follow_the_open_file_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max processes             96355                96355                processes\n\
+                      Max open files            20000                20000                files\n";
+        assert_eq!(max_connections_for(limits), Some(9500));
+        let unlimited =
+            "Max open files            1024                 unlimited            files\n";
+        assert_eq!(max_connections_for(unlimited), None);
+        assert_eq!(max_connections_for(""), None);
+    }
     use crate::load_balancer::haproxy_cfg::{BackendServer, LbConfig, ListenerPorts, Peer};
     use clap::Parser;
     use std::sync::atomic::{AtomicU32, Ordering};

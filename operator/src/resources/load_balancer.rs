@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Service, ServiceAccount, ServicePort,
-    ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection, DownwardAPIVolumeFile,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, Service, ServiceAccount,
+    ServiceAccountTokenProjection, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -36,6 +38,10 @@ pub const MASTER_SOCKET: &str = "/var/run/haproxy/master.sock";
 pub const STATS_PORT: i32 = 8404;
 /// Port the replicas share the stick table on.
 pub const PEERS_PORT: i32 = 10000;
+/// The volume with the agent's API credentials.
+const API_ACCESS_VOLUME: &str = "kube-api-access";
+/// Where in-cluster clients look for them.
+const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// The uid and gid of the official HAProxy image's `haproxy` user.
 pub const HAPROXY_UID: i64 = 99;
 
@@ -269,12 +275,21 @@ pub fn build(
             ..VolumeMount::default()
         },
     ];
+    // Only the agent talks to the API server: the token is mounted into its containers alone
+    // (not into HAProxy's), as the usual projected volume.
+    let mut agent_mounts = mounts.clone();
+    agent_mounts.push(VolumeMount {
+        name: API_ACCESS_VOLUME.into(),
+        mount_path: SERVICE_ACCOUNT_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    });
     let agent = |name: &str, args: Vec<String>| Container {
         name: name.into(),
         image: Some(images.agent.clone()),
         args: Some(args),
         env: Some(env.clone()),
-        volume_mounts: Some(mounts.clone()),
+        volume_mounts: Some(agent_mounts.clone()),
         ..Container::default()
     };
     let mqtt_port = listeners
@@ -338,6 +353,7 @@ pub fn build(
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(lb.name.clone()),
+                    automount_service_account_token: Some(false),
                     // The official HAProxy image runs as `haproxy` (99); the agent shares its
                     // sockets (mode 600) and its configuration directory.
                     security_context: Some(PodSecurityContext {
@@ -363,6 +379,7 @@ pub fn build(
                             empty_dir: Some(EmptyDirVolumeSource::default()),
                             ..Volume::default()
                         },
+                        api_access_volume(),
                     ]),
                     termination_grace_period_seconds: Some(30),
                     ..PodSpec::default()
@@ -393,6 +410,53 @@ pub fn build(
         stateful_set,
         pdb,
     }))
+}
+
+/// The agent's API credentials: what Kubernetes would automount (a bound token, the cluster CA
+/// and the namespace), mounted explicitly into the agent's containers only.
+fn api_access_volume() -> Volume {
+    Volume {
+        name: API_ACCESS_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o444),
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        path: "token".into(),
+                        expiration_seconds: Some(3607),
+                        ..ServiceAccountTokenProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: "kube-root-ca.crt".into(),
+                        items: Some(vec![KeyToPath {
+                            key: "ca.crt".into(),
+                            path: "ca.crt".into(),
+                            ..KeyToPath::default()
+                        }]),
+                        ..ConfigMapProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    downward_api: Some(DownwardAPIProjection {
+                        items: Some(vec![DownwardAPIVolumeFile {
+                            path: "namespace".into(),
+                            field_ref: Some(ObjectFieldSelector {
+                                field_path: "metadata.namespace".into(),
+                                ..ObjectFieldSelector::default()
+                            }),
+                            ..DownwardAPIVolumeFile::default()
+                        }]),
+                    }),
+                    ..VolumeProjection::default()
+                },
+            ]),
+        }),
+        ..Volume::default()
+    }
 }
 
 fn field_env(name: &str, path: &str) -> EnvVar {
