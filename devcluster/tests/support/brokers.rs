@@ -15,6 +15,7 @@ use mooring_operator::context::State;
 use mooring_operator::controller::Scope;
 use mooring_operator::leader::LeaseConfig;
 use mooring_operator::pod_command;
+use mooring_operator::resources::load_balancer::LbImages;
 use mooring_operator::runner::lead_and_control;
 use tokio_util::sync::CancellationToken;
 
@@ -98,6 +99,11 @@ impl Env {
             };
             let scope = Scope {
                 namespace: Some(NS.into()),
+                // devcluster's images.yaml runs `mooring` images with this build's binary.
+                lb_images: LbImages {
+                    haproxy: "haproxy:2.6".into(),
+                    agent: "mooring".into(),
+                },
                 ..Scope::default()
             };
             tokio::spawn(async move { lead_and_control(client, state, lease, scope, &stop).await })
@@ -128,17 +134,35 @@ impl Env {
         replicas: i32,
         interval_seconds: i64,
     ) -> BrokerCluster {
+        self.create_spec(
+            name,
+            serde_json::json!({
+                "replicas": replicas,
+                "persistence": {"enabled": true, "size": "1Gi"},
+                "repair": {"intervalSeconds": interval_seconds},
+            }),
+        )
+        .await
+    }
+
+    /// Creates a RabbitMQ 3.10 cluster (anonymous MQTT allowed) with `spec` merged over that,
+    /// and waits until it is Ready with every node Joined.
+    pub async fn create_spec(&self, name: &str, spec: serde_json::Value) -> BrokerCluster {
+        let mut full = serde_json::json!({
+            "broker": {"kind": "rabbitmq", "version": "3.10.8"},
+            "auth": {"allowAnonymous": true},
+        });
+        if let (Some(full), Some(extra)) = (full.as_object_mut(), spec.as_object()) {
+            for (k, v) in extra {
+                full.insert(k.clone(), v.clone());
+            }
+        }
+        let replicas = full["replicas"].as_i64().unwrap_or(3);
         let bc: BrokerCluster = serde_json::from_value(serde_json::json!({
             "apiVersion": "mooring.dev/v1alpha1",
             "kind": "BrokerCluster",
             "metadata": {"name": name},
-            "spec": {
-                "broker": {"kind": "rabbitmq", "version": "3.10.8"},
-                "replicas": replicas,
-                "auth": {"allowAnonymous": true},
-                "persistence": {"enabled": true, "size": "1Gi"},
-                "repair": {"intervalSeconds": interval_seconds},
-            },
+            "spec": full,
         }))
         .expect("a BrokerCluster");
         self.clusters
@@ -390,4 +414,119 @@ pub fn restarts(pod: &Pod) -> i32 {
         .and_then(|c| c.first())
         .map(|c| c.restart_count)
         .unwrap_or(0)
+}
+
+/// A command runner for drivers used by tests only for HTTP calls.
+struct NoCommands;
+
+impl mooring_operator::drivers::CommandRunner for NoCommands {
+    fn run<'a>(
+        &'a self,
+        _argv: Vec<String>,
+        _data_of: Option<&'a str>,
+        _timeout: Duration,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<mooring_operator::pod_command::CommandOutput, pod_command::PodCommandError>,
+    > {
+        Box::pin(async { Err(pod_command::PodCommandError::EmptyCommand) })
+    }
+}
+
+impl Env {
+    /// The RabbitMQ driver with the cluster's admin credentials.
+    pub async fn driver(&self, cluster: &str) -> mooring_operator::drivers::Driver {
+        use mooring_operator::drivers::{Driver, DriverConfig};
+        let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(self.client.clone(), NS)
+            .get(&format!("{cluster}-credentials"))
+            .await
+            .expect("the credentials Secret");
+        let value = |k: &str| {
+            String::from_utf8(secret.data.as_ref().expect("data")[k].0.clone()).expect("utf-8")
+        };
+        Driver::new(
+            mooring_crds::BrokerKind::Rabbitmq,
+            DriverConfig {
+                version: "3.10.8".into(),
+                username: value("admin-username"),
+                password: value("admin-password"),
+                http_timeout: Duration::from_secs(5),
+                command_timeout: Duration::from_secs(5),
+                commands: Arc::new(NoCommands),
+                management_port: None,
+                mqtt_port: None,
+            },
+        )
+        .expect("a driver")
+    }
+
+    /// Which broker Pod each connected MQTT client is on, as the brokers report it (RabbitMQ's
+    /// management statistics lag by up to 5 s): client id -> Pod name. Asks the first node
+    /// that answers; empty when none does.
+    pub async fn placement(&self, cluster: &str) -> std::collections::BTreeMap<String, String> {
+        let driver = self.driver(cluster).await;
+        for ordinal in 0..3u32 {
+            let pod = format!("{cluster}-{ordinal}");
+            let Some(host) = self.pod(&pod).await.status.and_then(|s| s.pod_ip) else {
+                continue;
+            };
+            let via = mooring_operator::drivers::NodeTarget {
+                pod,
+                host,
+                node: node(cluster, ordinal),
+            };
+            if let Some(found) = all_clients(&driver, &via).await {
+                return found;
+            }
+        }
+        std::collections::BTreeMap::new()
+    }
+}
+
+async fn all_clients(
+    driver: &mooring_operator::drivers::Driver,
+    via: &mooring_operator::drivers::NodeTarget,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut page = 1;
+    loop {
+        let p = driver
+            .clients(
+                via,
+                &mooring_operator::drivers::ClientQuery {
+                    page,
+                    limit: 500,
+                    ..Default::default()
+                },
+            )
+            .await
+            .ok()?;
+        for c in p.clients {
+            // rabbit@<pod>.<svc>... -> <pod>
+            let pod = c
+                .node
+                .split('@')
+                .nth(1)
+                .and_then(|h| h.split('.').next())
+                .unwrap_or_default()
+                .to_string();
+            out.insert(c.client_id, pod);
+        }
+        if !p.has_next {
+            return Some(out);
+        }
+        page += 1;
+    }
+}
+
+/// A long-lived MQTT client (`mosquitto_sub`) connected to `host`; killed when dropped.
+pub fn mqtt_client(host: &str, id: &str) -> tokio::process::Child {
+    tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", host, "-V", "mqttv311", "-q", "1", "-i", id])
+        .args(["-t", &format!("lb/{id}"), "-k", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run mosquitto_sub")
 }
