@@ -60,8 +60,6 @@ use crate::broker_config::BrokerVersion;
 const API_PREFIX: &str = "/api/v5";
 /// The dashboard listener's port when [`DriverConfig::management_port`] is unset.
 const DEFAULT_PORT: u16 = DASHBOARD_PORT as u16;
-/// The longest wait for a TCP connection (capped by [`DriverConfig::http_timeout`]).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The first version whose invite takes a timeout.
 const INVITE_VERSION: BrokerVersion = BrokerVersion::new(5, 5, 0);
 /// The join timeout sent with an invite (EMQX's default; it refuses less than 5000).
@@ -92,12 +90,8 @@ impl EmqxDriver {
     /// A driver with this configuration: one HTTP client with [`DriverConfig::http_timeout`] per
     /// call.
     pub fn new(config: DriverConfig) -> Result<Self, DriverError> {
-        let client = reqwest::Client::builder()
-            .timeout(config.http_timeout)
-            .connect_timeout(CONNECT_TIMEOUT.min(config.http_timeout))
-            .no_proxy()
-            .build()
-            .map_err(|e| DriverError::Unreachable {
+        let client =
+            super::shared_http(config.http_timeout).map_err(|e| DriverError::Unreachable {
                 op: "new",
                 target: "EMQX".into(),
                 message: format!("cannot build the HTTP client: {}", error_chain(&e)),

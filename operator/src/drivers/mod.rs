@@ -6,7 +6,8 @@
 //! [`Driver`]; which node a call goes to is always explicit ([`NodeTarget`]): Mooring asks every
 //! node for its own view and never trusts a single node.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -24,6 +25,30 @@ pub mod rabbitmq;
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The time limit of one CLI command (a command Pod's start, the CLI's VM and the command).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest wait for a TCP connection to a broker (capped by the call's time limit).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The HTTP client of every driver with this call time limit: one per limit for the whole
+/// process, so that a thousand clusters share one connection pool and one TLS setup (a client
+/// each cost the operator ~100 KiB per cluster). No proxy: brokers are always reached directly.
+pub fn shared_http(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    static CLIENTS: OnceLock<Mutex<HashMap<Duration, reqwest::Client>>> = OnceLock::new();
+    let mut clients = CLIENTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = clients.get(&timeout) {
+        return Ok(c.clone());
+    }
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(CONNECT_TIMEOUT.min(timeout))
+        .no_proxy()
+        .build()?;
+    clients.insert(timeout, client.clone());
+    Ok(client)
+}
 
 /// One broker node, addressed directly (never through a Service).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -150,6 +150,10 @@ impl Monitor {
             return Some(interval);
         };
         self.missing_rounds = 0;
+        if pods.is_empty() {
+            // Nothing to ask yet (the StatefulSet has not created its Pods).
+            return Some(interval);
+        }
         let driver = match self.driver(&bc).await {
             Ok(d) => d,
             Err(message) => {

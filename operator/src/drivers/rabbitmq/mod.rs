@@ -112,8 +112,6 @@ pub const MANAGEMENT_PORT: u16 = 15672;
 pub const MQTT_PORT: u16 = 1883;
 /// The `X-Reason` of a kick (RabbitMQ logs it).
 pub const KICK_REASON: &str = "kicked by Mooring";
-/// The longest time spent connecting to a node.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The part of an error body kept in a message.
 const SNIPPET: usize = 300;
 
@@ -145,12 +143,8 @@ impl RabbitmqDriver {
     /// A driver with this configuration (one HTTP client for all nodes; no proxy: brokers are
     /// always reached directly).
     pub fn new(config: DriverConfig) -> Result<Self, DriverError> {
-        let http = reqwest::Client::builder()
-            .timeout(config.http_timeout)
-            .connect_timeout(CONNECT_TIMEOUT.min(config.http_timeout))
-            .no_proxy()
-            .build()
-            .map_err(|e| DriverError::Unsupported {
+        let http =
+            super::shared_http(config.http_timeout).map_err(|e| DriverError::Unsupported {
                 op: "new",
                 why: format!("cannot build the HTTP client: {}", error_chain(&e)),
             })?;
