@@ -40,15 +40,19 @@ impl Stores {
         let sts_labels = format!("app.kubernetes.io/managed-by={MANAGED_BY}");
         let (pods, pods_writer) = reflector::store();
         let (stateful_sets, sts_writer) = reflector::store();
+        // The caches keep only what the monitors read (labels, deletion, status; the
+        // StatefulSet's replicas and status): full objects with their managed fields and Pod
+        // templates cost tens of KiB each, times every cluster.
         let pod_stream = reflector::reflector(
             pods_writer,
-            watcher(pods_api, watcher::Config::default().labels(&pod_labels)),
+            watcher(pods_api, watcher::Config::default().labels(&pod_labels)).modify(slim_pod),
         )
         .default_backoff()
         .for_each(|_| futures::future::ready(()));
         let sts_stream = reflector::reflector(
             sts_writer,
-            watcher(sts_api, watcher::Config::default().labels(&sts_labels)),
+            watcher(sts_api, watcher::Config::default().labels(&sts_labels))
+                .modify(slim_stateful_set),
         )
         .default_backoff()
         .for_each(|_| futures::future::ready(()));
@@ -88,5 +92,22 @@ impl Stores {
             .collect();
         pods.sort_by_key(|p| p.name_any());
         (pods, sts)
+    }
+}
+
+/// Drops what the monitors never read from a cached Pod.
+fn slim_pod(p: &mut Pod) {
+    p.metadata.managed_fields = None;
+    p.metadata.annotations = None;
+    p.spec = None;
+}
+
+/// Drops what the monitors never read from a cached StatefulSet (its template above all).
+fn slim_stateful_set(s: &mut StatefulSet) {
+    s.metadata.managed_fields = None;
+    s.metadata.annotations = None;
+    if let Some(spec) = s.spec.as_mut() {
+        spec.template = Default::default();
+        spec.volume_claim_templates = None;
     }
 }
