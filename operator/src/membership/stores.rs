@@ -11,7 +11,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use mooring_crds::BrokerCluster;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::resources::{ChildNames, COMPONENT_BROKER, MANAGED_BY};
 
@@ -48,14 +48,24 @@ impl Stores {
             watcher(pods_api, watcher::Config::default().labels(&pod_labels)).modify(slim_pod),
         )
         .default_backoff()
-        .for_each(|_| futures::future::ready(()));
+        .for_each(|event| {
+            if let Err(e) = event {
+                warn!(error = %e, "membership cache watch failed (retrying); check the operator's RBAC for pods and statefulsets");
+            }
+            futures::future::ready(())
+        });
         let sts_stream = reflector::reflector(
             sts_writer,
             watcher(sts_api, watcher::Config::default().labels(&sts_labels))
                 .modify(slim_stateful_set),
         )
         .default_backoff()
-        .for_each(|_| futures::future::ready(()));
+        .for_each(|event| {
+            if let Err(e) = event {
+                warn!(error = %e, "membership cache watch failed (retrying); check the operator's RBAC for pods and statefulsets");
+            }
+            futures::future::ready(())
+        });
         let stop = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
