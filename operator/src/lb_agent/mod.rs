@@ -589,11 +589,18 @@ fn desired_for(
     })?;
     // HAProxy refuses to start when it cannot get two descriptors per connection; the agent runs
     // in the same Pod, under the same limits.
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    if let Some(max) = max_connections_for(&limits) {
+    if let Some(max) = fd_limited_max_connections() {
         d.config.max_connections = d.config.max_connections.min(max);
     }
     Ok(d)
+}
+
+/// [`max_connections_for`] this process's limits, read once (they do not change).
+fn fd_limited_max_connections() -> Option<u32> {
+    static MAX: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        max_connections_for(&std::fs::read_to_string("/proc/self/limits").unwrap_or_default())
+    })
 }
 
 /// The most connections HAProxy can take under the open-file limit of `/proc/self/limits`

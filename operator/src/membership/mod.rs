@@ -126,24 +126,11 @@ impl Report {
                     )
                 })
                 .or_else(|| {
-                    self.unhealthy()
+                    self.assessment
+                        .unhealthy()
                         .map(|m| ("NodesUnhealthy", format!("health checks fail: {m}")))
                 }),
         }
-    }
-
-    /// The nodes that failed health checks, with the checks, or `None` when all passed.
-    pub fn unhealthy(&self) -> Option<String> {
-        let failing: Vec<String> = self
-            .assessment
-            .members
-            .iter()
-            .filter_map(|m| {
-                let f = m.failed_checks.as_ref().filter(|f| !f.is_empty())?;
-                Some(format!("{} ({})", m.node, f.join("; ")))
-            })
-            .collect();
-        (!failing.is_empty()).then(|| failing.join(", "))
     }
 }
 
@@ -307,6 +294,7 @@ mod tests {
                 blocked: Some(plan::Blocked {
                     cause: "Rollout",
                     message: "a rollout is in progress".into(),
+                    pod: "bus-2".into(),
                 }),
             },
             repairs: BTreeMap::from([(

@@ -388,15 +388,12 @@ impl Monitor {
         if let Some(b) = &a.blocked {
             if blocked_before.as_ref() != Some(b) {
                 // One Event series per cause: the recorder keeps a series' first note.
-                let related = a.members.iter().find(|m| {
-                    b.message.contains(&m.node) && !m.pod.is_empty() && m.state != NodeState::Joined
-                });
                 notes.push((
                     EventType::Normal,
                     "RepairWaiting",
                     b.cause,
                     b.message.clone(),
-                    related.map(|m| pod_reference(bc, &m.pod)),
+                    Some(pod_reference(bc, &b.pod)),
                 ));
             }
         }
@@ -422,12 +419,7 @@ impl Monitor {
             out.then(|| a.message.clone()),
         )
         .await;
-        let unhealthy = Report {
-            assessment: a.clone(),
-            repairs: BTreeMap::new(),
-            failing: None,
-        }
-        .unhealthy();
+        let unhealthy = a.unhealthy();
         self.alert(
             bc,
             alert_names::NODE_UNHEALTHY,

@@ -262,6 +262,21 @@ impl Repair {
     }
 }
 
+impl Assessment {
+    /// The nodes that failed health checks, with the checks, or `None` when all passed.
+    pub fn unhealthy(&self) -> Option<String> {
+        let failing: Vec<String> = self
+            .members
+            .iter()
+            .filter_map(|m| {
+                let f = m.failed_checks.as_ref().filter(|f| !f.is_empty())?;
+                Some(format!("{} ({})", m.node, f.join("; ")))
+            })
+            .collect();
+        (!failing.is_empty()).then(|| failing.join(", "))
+    }
+}
+
 /// What [`assess`] concludes.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Assessment {
@@ -288,6 +303,8 @@ pub struct Blocked {
     pub cause: &'static str,
     /// A sentence for people: the repair and why it waits.
     pub message: String,
+    /// The Pod the waiting repair works on.
+    pub pod: String,
 }
 
 /// Assesses one round of observations.
@@ -452,6 +469,7 @@ pub fn assess(input: &Input<'_>) -> Assessment {
                 Some(Blocked {
                     cause,
                     message: format!("{} is waiting: {why}", r.describe()),
+                    pod: r.pod().to_string(),
                 }),
             ),
             None => (Some(r), None),
@@ -853,6 +871,7 @@ mod tests {
         assert_eq!(a.repair, None);
         let b = a.blocked.unwrap();
         assert_eq!(b.cause, "Rollout");
+        assert_eq!(b.pod, "bus-2", "the Event names the stray's Pod");
         assert!(b.message.contains("rollout"));
         assert_eq!(a.reason, "StrayNode", "the stray is still reported");
 
