@@ -305,6 +305,9 @@ async fn membership_is_repaired_continuously_and_safely() {
     // 5. Two partitions without a majority: no action, Degraded, an alert.
     let pair = "pair";
     let bc = env.create(pair, 2).await;
+    // Repairs before the split do not count: a cold parallel boot of RabbitMQ 3.10 can leave
+    // vhost '/' down on one node, which Mooring restarts while the pair forms.
+    let split_started = k8s_openapi::jiff::Timestamp::now();
     env.make_standalone(&bc, 1).await;
     let split = env
         .wait(pair, "NoMajority", Duration::from_secs(60), |bc| {
@@ -328,7 +331,16 @@ async fn membership_is_repaired_continuously_and_safely() {
         condition(&later, "MembershipConsistent").map(|c| c.1),
         Some("NoMajority".into())
     );
-    assert!(env.events(pair, "Repairing").await.is_empty());
+    let attempted: Vec<_> = env
+        .events(pair, "Repairing")
+        .await
+        .into_iter()
+        .filter(|(t, _)| *t >= split_started)
+        .collect();
+    assert!(
+        attempted.is_empty(),
+        "no repair without a majority: {attempted:?}"
+    );
     assert!(!env.events(pair, "AlertFiring").await.is_empty());
     env.dc
         .elapsed("no majority: left alone, degraded, alerting");
