@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::pod_command::{CommandOutput, PodCommandError};
 
+pub mod cluster;
 pub mod emqx;
 pub mod mqtt_probe;
 pub mod pod_runner;

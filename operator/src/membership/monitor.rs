@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::DeleteParams;
@@ -20,11 +20,11 @@ use tracing::{debug, info, warn};
 use super::plan::{self, Assessment, NodeState, PodObservation, Repair, Verdict};
 use super::{alert_names, RepairRecord, Report};
 use crate::alerts::Severity;
-use crate::broker_config::{self, secret_keys, ClusterNames};
+use crate::broker_config::{self, ClusterNames};
 use crate::context::{backoff, Context};
 use crate::controller::{is_paused, object_key, pod_reference, publish, publish_related};
-use crate::drivers::pod_runner::PodCommandRunner;
-use crate::drivers::{Driver, DriverConfig, NodeTarget, COMMAND_TIMEOUT, HTTP_TIMEOUT};
+use crate::drivers::cluster as cluster_driver;
+use crate::drivers::{Driver, NodeTarget};
 use crate::resources::ChildNames;
 
 /// How soon a stray seen for the first time is looked at again (to confirm it before joining).
@@ -227,41 +227,15 @@ impl Monitor {
 
     /// The driver for the cluster's broker version, made with the credentials Secret.
     async fn driver(&mut self, bc: &BrokerCluster) -> Result<Driver, String> {
-        let version = broker_config::version_string(&bc.spec).to_string();
+        let version = cluster_driver::version(bc);
         if let Some((v, d)) = &self.driver {
             if *v == version {
                 return Ok(d.clone());
             }
         }
-        let ns = bc.namespace().unwrap_or_default();
-        let names = ChildNames::new(&bc.name_any(), &ns);
-        let secret = Api::<Secret>::namespaced(self.ctx.client.clone(), &ns)
-            .get_opt(&names.secret)
+        let driver = cluster_driver::for_cluster(&self.ctx.client, bc, self.cluster.clone())
             .await
-            .map_err(|e| format!("cannot read Secret {ns}/{}: {e}", names.secret))?
-            .ok_or_else(|| format!("Secret {ns}/{} does not exist yet", names.secret))?;
-        let value = |key: &str| -> Result<String, String> {
-            secret
-                .data
-                .as_ref()
-                .and_then(|d| d.get(key))
-                .and_then(|v| String::from_utf8(v.0.clone()).ok())
-                .ok_or_else(|| format!("Secret {ns}/{} has no {key}", names.secret))
-        };
-        let config = DriverConfig {
-            version: version.clone(),
-            username: value(secret_keys::ADMIN_USERNAME)?,
-            password: value(secret_keys::ADMIN_PASSWORD)?,
-            http_timeout: HTTP_TIMEOUT,
-            command_timeout: COMMAND_TIMEOUT,
-            commands: Arc::new(PodCommandRunner::new(
-                self.ctx.client.clone(),
-                self.cluster.clone(),
-            )),
-            management_port: None,
-            mqtt_port: None,
-        };
-        let driver = Driver::new(bc.spec.broker.kind, config).map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?;
         self.driver = Some((version, driver.clone()));
         Ok(driver)
     }
