@@ -260,6 +260,15 @@ async fn converge(h: &Haproxy, desired: &[DesiredServer]) -> usize {
     report.applied.len()
 }
 
+/// The stick table of `mqtt`, as `show table mqtt` prints it.
+async fn stick_table(h: &Haproxy) -> String {
+    h.admin()
+        .client()
+        .send("show table mqtt")
+        .await
+        .expect("show table")
+}
+
 /// Waits until every listed server of `mqtt` is up (its MQTT health check passes).
 async fn wait_running(h: &Haproxy, servers: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -435,8 +444,9 @@ async fn the_runtime_api_client_drives_a_real_haproxy() {
     .expect("subscribe through HAProxy");
     assert_eq!(received.trim(), "hello");
 
-    // 4. demo-1 drains: the client stuck to it still gets in, a new client id does not (demo-0 is
-    //    in maintenance).
+    // 4. demo-1 drains: its stick entries are cleared, so neither the client stuck to it nor a
+    //    new client id gets in (demo-0 is in maintenance).
+    assert!(stick_table(&h).await.contains("key=stuck-on-1"));
     assert_eq!(converge(&h, &desired(ports, [Maint, Drain])).await, 2);
     for backend in [MQTT_BACKEND, WEBSOCKET_BACKEND] {
         assert_eq!(
@@ -445,14 +455,18 @@ async fn the_runtime_api_client_drives_a_real_haproxy() {
             "{backend}"
         );
     }
-    publish(ports, "stuck-on-1", &[])
-        .await
-        .expect("a stuck client reaches a draining server");
-    let refused = publish(ports, "newcomer", &[]).await;
     assert!(
-        refused.is_err(),
-        "a new client must not reach a draining server: {refused:?}"
+        !stick_table(&h).await.contains("key=stuck-on-1"),
+        "the entry of a draining server is cleared: {}",
+        stick_table(&h).await
     );
+    for id in ["stuck-on-1", "newcomer"] {
+        let refused = publish(ports, id, &[]).await;
+        assert!(
+            refused.is_err(),
+            "{id} must not reach a draining server: {refused:?}"
+        );
+    }
 
     // 5. Both in maintenance: nobody gets in.
     assert_eq!(converge(&h, &desired(ports, [Maint, Maint])).await, 2);

@@ -8,8 +8,9 @@
 //! 1. no Pod or no IP: `maint` (nothing to send clients to);
 //! 2. member state `Stray` or `Forgotten`: `maint` (a node outside the cluster gets no clients until
 //!    it is repaired);
-//! 3. ordinal `>= spec.replicas`: `drain` (leaving in a scale-down: no new clients, clients stuck to
-//!    it still reach it, connected ones stay);
+//! 3. ordinal `>= spec.replicas`: `drain` (leaving in a scale-down: no new clients, and the agent
+//!    clears its stick-table entries every round so that clients stuck to it go elsewhere too;
+//!    connected ones stay until the operator moves them, see `controller::scale_down`);
 //! 4. the Pod is being deleted: `drain` (it is about to stop; its clients move when it goes);
 //! 5. otherwise `ready`: `Joined`, `NotReady`, `Unknown`, `Ghost`, a state Mooring does not know, a
 //!    Pod without a member entry and a status without members alike. HAProxy's MQTT health check

@@ -65,7 +65,7 @@ pub use desired::{
 use runtime_api::{AdminApi, ConvergeReport, MasterApi, RuntimeError};
 
 use crate::load_balancer::haproxy_cfg::{
-    render, HealthCheckCredentials, LbConfigError, ADMIN_SOCKET,
+    render, HealthCheckCredentials, LbConfigError, ADMIN_SOCKET, MQTT_BACKEND,
 };
 use crate::resources::COMPONENT_BROKER;
 use crate::telemetry::{self, LogFormat};
@@ -405,7 +405,7 @@ impl Haproxy {
 
     /// Converges every desired server (see [`runtime_api::converge`]).
     pub async fn converge(&self, servers: &[DesiredServer]) -> ConvergeReport {
-        runtime_api::converge(&self.admin, servers).await
+        runtime_api::converge(&self.admin, servers, &[MQTT_BACKEND]).await
     }
 }
 

@@ -137,7 +137,8 @@ pub enum ServerAdminState {
     /// Takes new and sticky clients (HAProxy's health check still decides whether it is up).
     Ready,
     /// Takes no new clients; clients stuck to it in the stick table still reach it, connected ones
-    /// stay.
+    /// stay. [`converge`] also clears its stick-table entries, so that no client at all is sent
+    /// to it any more.
     Drain,
     /// Takes no traffic at all; connected clients stay until they disconnect.
     Maint,
@@ -165,6 +166,8 @@ impl fmt::Display for ServerAdminState {
 pub struct ServerStateRow {
     /// `be_name`.
     pub backend: String,
+    /// `srv_id`: the server's id, what stick-table entries store as `server_id`.
+    pub id: u32,
     /// `srv_name`.
     pub server: String,
     /// `srv_addr`; `None` when HAProxy shows `-` (no address).
@@ -304,6 +307,9 @@ impl fmt::Display for Change {
 pub struct Plan {
     /// The changes, in the order they must be sent.
     pub changes: Vec<Change>,
+    /// Draining servers (`backend`, `server`, id): their stick-table entries are cleared (after
+    /// the changes), every round, since peers may teach an entry back.
+    pub unstick: Vec<(String, String, u32)>,
     /// Desired servers HAProxy does not have (`backend/server`): only a reload can add them.
     pub missing: Vec<String>,
 }
@@ -371,6 +377,14 @@ pub fn cmd_set_state(
     ))
 }
 
+/// `clear table <table> data.server_id eq <id>`: forgets every client stuck to that server.
+pub fn cmd_clear_sticky(table: &str, server_id: u32) -> Result<String, RuntimeError> {
+    Ok(format!(
+        "clear table {} data.server_id eq {server_id}",
+        check_name(table)?
+    ))
+}
+
 /// Parses the answer to `show servers state [<backend>]`.
 pub fn parse_servers_state(text: &str) -> Result<Vec<ServerStateRow>, RuntimeError> {
     let command = "show servers state";
@@ -404,8 +418,9 @@ pub fn parse_servers_state(text: &str) -> Result<Vec<ServerStateRow>, RuntimeErr
             .copied()
             .ok_or_else(|| parse_err(format!("no column {name}")))
     };
-    let (be, srv, addr, op, admin, port) = (
+    let (be, id, srv, addr, op, admin, port) = (
         column("be_name")?,
+        column("srv_id")?,
         column("srv_name")?,
         column("srv_addr")?,
         column("srv_op_state")?,
@@ -431,6 +446,9 @@ pub fn parse_servers_state(text: &str) -> Result<Vec<ServerStateRow>, RuntimeErr
             };
             Ok(ServerStateRow {
                 backend: fields[be].to_string(),
+                id: fields[id]
+                    .parse()
+                    .map_err(|_| parse_err(format!("srv_id {:?} is not a number", fields[id])))?,
                 server: fields[srv].to_string(),
                 addr: fields[addr].parse().ok(),
                 port: fields[port].parse().ok().filter(|p| *p != 0),
@@ -547,14 +565,23 @@ pub fn plan(desired: &[DesiredServer], current: &[ServerStateRow]) -> Plan {
             [state, addr]
         };
         out.changes.extend(ordered.into_iter().flatten());
+        if d.state == ServerAdminState::Drain {
+            out.unstick
+                .push((d.backend.clone(), d.server.clone(), row.id));
+        }
     }
     out
 }
 
 /// Brings every desired server to its address and state: reads `show servers state` of each
-/// backend named in `desired`, then sends only the changes [`plan`] finds, logging each one. A
-/// failure is recorded and the rest is still attempted.
-pub async fn converge(api: &AdminApi, desired: &[DesiredServer]) -> ConvergeReport {
+/// backend named in `desired`, then sends only the changes [`plan`] finds, logging each one, and
+/// clears the stick-table entries of draining servers in `sticky` (the backends with a stick
+/// table). A failure is recorded and the rest is still attempted.
+pub async fn converge(
+    api: &AdminApi,
+    desired: &[DesiredServer],
+    sticky: &[&str],
+) -> ConvergeReport {
     let mut report = ConvergeReport::default();
     let mut backends: Vec<&str> = Vec::new();
     for d in desired {
@@ -575,7 +602,11 @@ pub async fn converge(api: &AdminApi, desired: &[DesiredServer]) -> ConvergeRepo
                 continue;
             }
         };
-        let Plan { changes, missing } = plan(&wanted, &current);
+        let Plan {
+            changes,
+            missing,
+            unstick,
+        } = plan(&wanted, &current);
         for m in &missing {
             debug!(server = %m, "server not in HAProxy yet (waits for a reload)");
         }
@@ -588,6 +619,17 @@ pub async fn converge(api: &AdminApi, desired: &[DesiredServer]) -> ConvergeRepo
                 }
                 Err(e) => {
                     warn!(change = %change, error = %e, "haproxy runtime change failed");
+                    report.errors.push(e);
+                }
+            }
+        }
+        for (backend, server, id) in unstick.iter().filter(|u| sticky.contains(&u.0.as_str())) {
+            match api.clear_sticky(backend, *id).await {
+                Ok(()) => {
+                    debug!(%backend, %server, "cleared the stick entries of a draining server")
+                }
+                Err(e) => {
+                    warn!(%backend, %server, error = %e, "cannot clear a draining server's stick entries");
                     report.errors.push(e);
                 }
             }
@@ -731,6 +773,20 @@ impl AdminApi {
         }
     }
 
+    /// Forgets every client stuck to server `server_id` in the stick table of `table`.
+    pub async fn clear_sticky(&self, table: &str, server_id: u32) -> Result<(), RuntimeError> {
+        let command = cmd_clear_sticky(table, server_id)?;
+        let answer = self.client.send(&command).await?;
+        if answer.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(RuntimeError::Refused {
+                command,
+                answer: cut(answer.trim(), 200),
+            })
+        }
+    }
+
     /// Makes one planned change.
     pub async fn apply(&self, change: &Change) -> Result<(), RuntimeError> {
         match change {
@@ -852,6 +908,11 @@ mod tests {
     ) -> ServerStateRow {
         ServerStateRow {
             backend: backend.into(),
+            id: server
+                .rsplit('-')
+                .next()
+                .and_then(|n| n.parse::<u32>().ok())
+                .map_or(1, |n| n + 1),
             server: server.into(),
             addr: addr.map(|a| a.parse().unwrap()),
             port: Some(port),
@@ -884,6 +945,7 @@ mod tests {
             rows[0],
             ServerStateRow {
                 backend: "mqtt".into(),
+                id: 1,
                 server: "demo-0".into(),
                 addr: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
                 port: Some(21883),
@@ -897,6 +959,7 @@ mod tests {
         assert_eq!(rows[1].state(), ServerAdminState::Maint);
         assert!(!rows[2].is_running());
         assert_eq!(rows[4].backend, "mqtt_ws");
+        assert_eq!((rows[2].id, rows[4].id), (3, 2));
         assert_eq!(rows[4].state(), ServerAdminState::Maint);
     }
 
@@ -923,9 +986,9 @@ mod tests {
 
     #[test]
     fn parses_by_column_name_and_ipv6_and_missing_values() {
-        let text = "1\n# srv_name be_name srv_port srv_admin_state srv_op_state srv_addr\n\
-                    demo-0 mqtt 1883 8 2 fd00::1\n\
-                    demo-1 mqtt 0 0 0 -\n";
+        let text = "1\n# srv_name be_name srv_port srv_admin_state srv_id srv_op_state srv_addr\n\
+                    demo-0 mqtt 1883 8 7 2 fd00::1\n\
+                    demo-1 mqtt 0 0 8 0 -\n";
         let rows = parse_servers_state(text).unwrap();
         assert_eq!(
             rows[0].addr,
@@ -933,6 +996,7 @@ mod tests {
         );
         assert_eq!(rows[0].state(), ServerAdminState::Drain);
         assert_eq!(rows[0].port, Some(1883));
+        assert_eq!((rows[0].id, rows[1].id), (7, 8));
         assert_eq!(rows[1].addr, None);
         assert_eq!(rows[1].port, None);
         assert!(parse_servers_state(&format!("1\n{HEADER}\n"))
@@ -1072,7 +1136,19 @@ mod tests {
                 ServerAdminState::Drain,
             ),
         ];
-        assert_eq!(plan(&desired, &current), Plan::default());
+        assert_eq!(
+            plan(&desired, &current),
+            Plan {
+                unstick: vec![("mqtt".into(), "demo-1".into(), 2)],
+                ..Plan::default()
+            },
+            "nothing to change; a draining server's stick entries are cleared every round"
+        );
+        assert_eq!(
+            cmd_clear_sticky("mqtt", 2).unwrap(),
+            "clear table mqtt data.server_id eq 2"
+        );
+        assert!(cmd_clear_sticky("mqtt\nshutdown", 2).is_err());
     }
 
     #[test]
