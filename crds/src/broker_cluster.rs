@@ -479,6 +479,12 @@ pub struct LoadBalancerSpec {
     #[serde(default = "default_stickiness")]
     #[schemars(range(min = 60, max = 2_147_483))]
     pub stickiness_expiry_seconds: i64,
+    /// In a scale-down, how long the leaving node is drained (no new clients; connected ones
+    /// stay) before its remaining clients are disconnected so that they reconnect, through the
+    /// load balancer, to the nodes that stay. Then the node leaves the cluster.
+    #[serde(default = "default_drain_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub drain_seconds: i64,
 }
 
 fn default_lb_replicas() -> i32 {
@@ -486,6 +492,9 @@ fn default_lb_replicas() -> i32 {
 }
 fn default_stickiness() -> i64 {
     86_400
+}
+fn default_drain_seconds() -> i64 {
+    60
 }
 
 impl Default for LoadBalancerSpec {
@@ -495,6 +504,7 @@ impl Default for LoadBalancerSpec {
             replicas: default_lb_replicas(),
             service_type: ServiceType::ClusterIP,
             stickiness_expiry_seconds: default_stickiness(),
+            drain_seconds: default_drain_seconds(),
         }
     }
 }

@@ -27,6 +27,35 @@ pub struct BrokerClusterStatus {
     /// Where clients and operators reach the cluster.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<Endpoint>,
+    /// The scale-down under way: the node leaving now (one at a time, highest ordinal first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down: Option<ScaleDownStatus>,
+}
+
+/// One node leaving the cluster in a scale-down: drained, its clients moved, then it leaves the
+/// cluster, and only then is the StatefulSet lowered.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleDownStatus {
+    /// The Pod leaving.
+    pub pod: String,
+    /// Its broker node name.
+    #[serde(default)]
+    pub node: String,
+    /// `Draining` (the load balancer sends it no new client), `MovingClients` (its remaining
+    /// clients are disconnected and reconnect elsewhere) or `Leaving` (it leaves the cluster).
+    pub phase: String,
+    /// When the drain started.
+    pub since: Time,
+    /// MQTT clients still connected to it when last counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<i64>,
+    /// Failed attempts to make it leave the cluster.
+    #[serde(default)]
+    pub leave_failures: i32,
+    /// What is happening, for people.
+    #[serde(default)]
+    pub message: String,
 }
 
 /// One condition, shaped like `metav1.Condition`.

@@ -8,6 +8,10 @@
 //! 3. Garbage bytes and an HTTP request are rejected.
 //! 4. Killing one broker moves only its clients; the others stay where they were.
 //! 5. A stray node receives no new clients until it is rejoined.
+//! 6. A scale-down from 3 to 2 drains the leaving node first: from the drain on, no client lands
+//!    on it (neither new ids nor ids stuck to it), its connected clients stay until the drain
+//!    time is over, are then moved to the nodes that stay, the node leaves the cluster (no ghost
+//!    member) and only then is its Pod removed.
 //!
 //! Needs root, the control-plane binaries, Debian's `rabbitmq-server` and `haproxy`, and the
 //! `mooring` binary next to `devcluster` (`cargo build -p mooring-operator`; `cargo test
@@ -17,6 +21,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::Api;
 
 mod support;
 use support::brokers::*;
@@ -265,6 +272,145 @@ async fn the_load_balancer_is_sticky_by_client_id_and_follows_membership() {
     );
     drop(clients);
     env.dc.elapsed("rejoined node takes new clients");
+    all_gone(&env, &later).await;
+
+    // 6. Scale down from 3 to 2: node 2 is drained first.
+    let leaving = format!("{CLUSTER}-2");
+    let stuck_to_leaving: Vec<String> = placed
+        .iter()
+        .filter(|(_, n)| **n == leaving)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(
+        !stuck_to_leaving.is_empty(),
+        "some ids are stuck to {leaving}: {placed:?}"
+    );
+    let staying = ids("staying", 18);
+    let (before, staying_clients) = connect_all(&env, &lb0, &staying).await;
+    let on_leaving: BTreeSet<String> = before
+        .iter()
+        .filter(|(_, n)| **n == leaving)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(
+        !on_leaving.is_empty(),
+        "some clients on {leaving}: {before:?}"
+    );
+    env.patch(
+        CLUSTER,
+        serde_json::json!({"replicas": 2, "loadBalancer": {"enabled": true, "replicas": 2, "drainSeconds": 20}}),
+    )
+    .await;
+    env.wait(
+        CLUSTER,
+        "the scale-down draining node 2",
+        Duration::from_secs(30),
+        |bc| {
+            bc.status
+                .as_ref()
+                .and_then(|s| s.scale_down.as_ref())
+                .is_some_and(|d| d.pod == leaving && d.phase == "Draining")
+        },
+    )
+    .await;
+    // The agents poll every 2 s; from here on nothing new may land on node 2.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    env.dc.elapsed("scale-down: node 2 draining");
+    let sts_api: Api<StatefulSet> = Api::namespaced(env.client.clone(), NS);
+    assert_eq!(
+        sts_api
+            .get(CLUSTER)
+            .await
+            .expect("the StatefulSet")
+            .spec
+            .and_then(|s| s.replicas),
+        Some(3),
+        "the Pod stays while its node drains"
+    );
+    let fresh = ids("drained", 12);
+    let (placed, fresh_clients) = connect_all(&env, &lb0, &fresh).await;
+    assert!(
+        placed.values().all(|n| *n != leaving),
+        "no new id lands on the draining node: {placed:?}"
+    );
+    let (placed, stuck_clients) = connect_all(&env, &lb1, &stuck_to_leaving).await;
+    assert!(
+        placed.values().all(|n| *n != leaving),
+        "ids stuck to the draining node go elsewhere too: {placed:?}"
+    );
+    let now = env.placement(CLUSTER).await;
+    for id in &on_leaving {
+        assert_eq!(
+            now.get(id),
+            Some(&leaving),
+            "{id} stays connected to the draining node until the drain time is over"
+        );
+    }
+    // Until the StatefulSet is lowered, only clients that were on node 2 before the drain may
+    // be on it; then they are all elsewhere and the node has left the cluster.
+    let lowered = wait_for_every(
+        Duration::from_secs(1),
+        "node 2's clients moved and the StatefulSet lowered to 2",
+        Duration::from_secs(180),
+        || async {
+            let now = env.placement(CLUSTER).await;
+            for (id, n) in &now {
+                assert!(
+                    *n != leaving || on_leaving.contains(id),
+                    "{id} landed on the draining node"
+                );
+            }
+            let replicas = sts_api
+                .get(CLUSTER)
+                .await
+                .ok()
+                .and_then(|s| s.spec)
+                .and_then(|s| s.replicas);
+            let moved = staying
+                .iter()
+                .all(|id| now.get(id).is_some_and(|n| *n != leaving));
+            (replicas == Some(2) && moved).then_some(now)
+        },
+    )
+    .await;
+    assert!(lowered.values().all(|n| *n != leaving));
+    env.dc
+        .elapsed("scale-down: clients moved, StatefulSet at 2");
+    drop((staying_clients, fresh_clients, stuck_clients));
+    let done = env
+        .wait(
+            CLUSTER,
+            "2 members, consistent, no scale-down left",
+            Duration::from_secs(120),
+            |bc| {
+                healthy(bc)
+                    && members(bc).len() == 2
+                    && bc.status.as_ref().is_some_and(|s| s.scale_down.is_none())
+            },
+        )
+        .await;
+    let leaving_node = node(CLUSTER, 2);
+    for m in members(&done) {
+        assert!(
+            !m.view.contains(&leaving_node),
+            "{} still lists {leaving_node}: no ghost after a scale-down",
+            m.pod
+        );
+    }
+    let notes: Vec<String> = env
+        .events(CLUSTER, "ScalingDown")
+        .await
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    assert!(
+        notes.iter().any(|n| n.contains("takes no new clients"))
+            && notes.iter().any(|n| n.contains("disconnecting")),
+        "Events tell the drain and the move: {notes:?}"
+    );
+    assert!(!env.events(CLUSTER, "NodeLeft").await.is_empty());
+    env.dc
+        .elapsed("scale-down: node 2 left the cluster, no ghost");
 
     stop.cancel();
     operator

@@ -296,6 +296,12 @@ pub fn merge(
     out
 }
 
+/// Puts `c` in place of the computed condition of its type (or adds it).
+pub fn replace(computed: &mut Vec<Computed>, c: Computed) {
+    computed.retain(|x| x.type_ != c.type_);
+    computed.push(c);
+}
+
 /// The condition of this type, if any.
 pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)

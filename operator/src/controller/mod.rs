@@ -21,6 +21,7 @@ use crate::resources::load_balancer::LbImages;
 use crate::Error;
 
 mod reconcile;
+pub mod scale_down;
 mod status;
 
 pub use reconcile::{is_paused, reconcile};

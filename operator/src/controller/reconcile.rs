@@ -14,11 +14,12 @@ use kube::ResourceExt;
 use mooring_crds::{BrokerCluster, SecretRef, PAUSED_ANNOTATION};
 use tracing::{info, instrument};
 
+use super::scale_down;
 use super::status::{self, rollout_of};
 use super::{object_key, publish};
 use crate::apply::{apply, delete_orphaning, delete_unwanted, get_opt};
 use crate::broker_config::{self, BrokerLayout, RenderInput};
-use crate::conditions::{self, Outcome};
+use crate::conditions::{self, Computed, Outcome};
 use crate::context::Context;
 use crate::credentials;
 use crate::membership;
@@ -57,6 +58,7 @@ impl From<Error> for Stop {
 struct Applied {
     stateful_set: StatefulSet,
     layout: BrokerLayout,
+    scale_down: scale_down::Outcome,
 }
 
 /// Reconciles one BrokerCluster.
@@ -68,7 +70,7 @@ pub async fn reconcile(bc: Arc<BrokerCluster>, ctx: Arc<Context>) -> Result<Acti
 
     if is_paused(&bc) {
         membership::spawn(&ctx, &bc);
-        status::write(&ctx, &bc, vec![conditions::paused()], None, None).await?;
+        status::write(&ctx, &bc, vec![conditions::paused()], None, None, None).await?;
         ctx.reset_backoff(&key);
         return Ok(Action::requeue(RESYNC));
     }
@@ -77,12 +79,34 @@ pub async fn reconcile(bc: Arc<BrokerCluster>, ctx: Arc<Context>) -> Result<Acti
         Ok(applied) => {
             membership::spawn(&ctx, &bc);
             let rollout = rollout_of(&applied.stateful_set, bc.spec.replicas);
-            let computed = conditions::compute(&rollout, &Outcome::Applied);
+            let mut computed = conditions::compute(&rollout, &Outcome::Applied);
+            let scaling = applied.scale_down.status.clone();
+            if let Some(s) = &scaling {
+                conditions::replace(
+                    &mut computed,
+                    Computed::new(
+                        conditions::types::PROGRESSING,
+                        conditions::Status::True,
+                        "ScalingDown",
+                        s.message.clone(),
+                    ),
+                );
+            }
             let endpoints =
                 status::endpoints(&names, &applied.layout, bc.spec.load_balancer.enabled);
-            status::write(&ctx, &bc, computed, Some(&rollout), Some(endpoints)).await?;
+            status::write(
+                &ctx,
+                &bc,
+                computed,
+                Some(&rollout),
+                Some(endpoints),
+                Some(scaling),
+            )
+            .await?;
             ctx.reset_backoff(&key);
-            Ok(Action::requeue(if rollout.in_progress() {
+            Ok(Action::requeue(if applied.scale_down.in_progress() {
+                scale_down::POLL
+            } else if rollout.in_progress() {
                 PROGRESS_POLL
             } else {
                 RESYNC
@@ -103,7 +127,7 @@ pub async fn reconcile(bc: Arc<BrokerCluster>, ctx: Arc<Context>) -> Result<Acti
                 message,
             )
             .await;
-            status::write(&ctx, &bc, computed, None, None).await?;
+            status::write(&ctx, &bc, computed, None, None, None).await?;
             Ok(Action::await_change())
         }
         Err(Stop::Failed(error)) => {
@@ -123,7 +147,7 @@ pub async fn reconcile(bc: Arc<BrokerCluster>, ctx: Arc<Context>) -> Result<Acti
             )
             .await;
             // Best effort: the reconcile error below is what drives the retry.
-            if let Err(e) = status::write(&ctx, &bc, computed, None, None).await {
+            if let Err(e) = status::write(&ctx, &bc, computed, None, None, None).await {
                 tracing::warn!(error = %e, "cannot record the failure in status");
             }
             Err(error)
@@ -170,7 +194,7 @@ async fn converge(bc: &BrokerCluster, ctx: &Context, names: &ChildNames) -> Resu
         secret,
         headless_service,
         client_service,
-        stateful_set,
+        mut stateful_set,
         pdb,
     } = resources::build(bc, &layout, &creds.data).map_err(Error::from)?;
 
@@ -183,10 +207,20 @@ async fn converge(bc: &BrokerCluster, ctx: &Context, names: &ChildNames) -> Resu
     apply(client, ns, &headless_service).await?;
     apply(client, ns, &client_service).await?;
     let existing_sts: Option<StatefulSet> = get_opt(client, ns, &names.stateful_set).await?;
+    let current_replicas = existing_sts
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.replicas);
     if let Some(existing) = existing_sts {
         if resources::claim_templates_changed(&existing, &stateful_set) {
             replace_stateful_set(ctx, bc, names).await?;
         }
+    }
+    // A node leaves the cluster before its Pod goes: the StatefulSet is lowered one node at a
+    // time, when the scale-down says so.
+    let scale_down = scale_down::run(ctx, bc, current_replicas).await;
+    if let Some(spec) = stateful_set.spec.as_mut() {
+        spec.replicas = Some(scale_down.replicas);
     }
     let applied_sts = apply(client, ns, &stateful_set).await?;
     let keep_pdb: Vec<String> = pdb.iter().map(|p| p.name_any()).collect();
@@ -210,6 +244,7 @@ async fn converge(bc: &BrokerCluster, ctx: &Context, names: &ChildNames) -> Resu
     Ok(Applied {
         stateful_set: applied_sts,
         layout,
+        scale_down,
     })
 }
 

@@ -7,7 +7,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
-use mooring_crds::{BrokerCluster, BrokerClusterStatus, Condition, Endpoint};
+use mooring_crds::{BrokerCluster, BrokerClusterStatus, Condition, Endpoint, ScaleDownStatus};
 
 use super::publish;
 use crate::broker_config::{port_names, BrokerLayout};
@@ -84,15 +84,17 @@ pub fn endpoints(names: &ChildNames, layout: &BrokerLayout, load_balancer: bool)
     out
 }
 
-/// Merges `computed` into the cluster's status and writes it if anything changed. `rollout` and
-/// `endpoints` replace the recorded figures when given. `observedGeneration` moves only when the
-/// cluster was reconciled (not while paused).
+/// Merges `computed` into the cluster's status and writes it if anything changed. `rollout`,
+/// `endpoints` and `scale_down` replace the recorded values when given (`Some(None)` clears the
+/// scale-down). `observedGeneration` moves only when the cluster was reconciled (not while
+/// paused).
 pub async fn write(
     ctx: &Context,
     bc: &BrokerCluster,
     mut computed: Vec<Computed>,
     rollout: Option<&Rollout>,
     endpoints: Option<Vec<Endpoint>>,
+    scale_down: Option<Option<ScaleDownStatus>>,
 ) -> Result<()> {
     let previous = bc.status.clone().unwrap_or_default();
     let paused = computed
@@ -120,6 +122,9 @@ pub async fn write(
     }
     if let Some(e) = endpoints {
         next.endpoints = e;
+    }
+    if let Some(s) = scale_down {
+        next.scale_down = s;
     }
     if let Some(r) = &report {
         next.members = r.members();

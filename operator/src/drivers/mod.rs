@@ -412,6 +412,16 @@ impl Driver {
         dispatch!(self, d => d.remove_member(via, ghost).await)
     }
 
+    /// Makes `node` leave the cluster for good, before its Pod is removed in a scale-down.
+    /// RabbitMQ: `stop_app` and `reset` on the node (the members forget it; its data is wiped so
+    /// that a later scale-up starts blank and joins). EMQX: `force_leave` asked of `via`.
+    pub async fn leave(&self, node: &NodeTarget, via: &NodeTarget) -> Result<(), DriverError> {
+        match self {
+            Driver::Rabbitmq(d) => d.leave(node).await,
+            Driver::Emqx(d) => d.remove_member(via, &node.node).await,
+        }
+    }
+
     /// Moves aside the data of a node the cluster has forgotten and that therefore cannot boot,
     /// so that it starts empty and can join again (RabbitMQ `inconsistent_cluster`).
     pub async fn reset_forgotten(&self, node: &NodeTarget) -> Result<(), DriverError> {

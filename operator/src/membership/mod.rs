@@ -24,7 +24,7 @@ mod monitor;
 pub mod plan;
 mod stores;
 
-pub use monitor::spawn;
+pub use monitor::{node_name, spawn};
 pub use plan::{Assessment, Blocked, NodeState, Repair, Verdict};
 pub use stores::Stores;
 

@@ -97,8 +97,8 @@ use model::{
 };
 use scripts::{command_failed, forget_outcome, valid_node, Forget};
 pub use scripts::{
-    forget_argv, join_argv, join_script, quarantine_argv, quarantine_script, restart_app_script,
-    restart_vhost_argv, sh_quote, QUARANTINE_DIR,
+    forget_argv, join_argv, join_script, leave_script, quarantine_argv, quarantine_script,
+    restart_app_script, restart_vhost_argv, sh_quote, QUARANTINE_DIR,
 };
 use topics::topic_metrics_of;
 pub use topics::{
@@ -248,6 +248,19 @@ impl RabbitmqDriver {
             }
             Forget::Failed => Err(command_failed(OP, &via.node, &out)),
         }
+    }
+
+    /// See [`Driver::leave`]: [`leave_script`] run for the node.
+    pub async fn leave(&self, node: &NodeTarget) -> Result<(), DriverError> {
+        const OP: &str = "leave";
+        valid_node(OP, &node.node)?;
+        let argv = vec!["sh".into(), "-c".into(), leave_script(&node.node)];
+        let out = self.run(OP, &node.node, argv, None).await?;
+        if out.exit_code != 0 {
+            return Err(command_failed(OP, &node.node, &out));
+        }
+        info!(node = %node.node, "the node left the cluster");
+        Ok(())
     }
 
     /// See [`Driver::reset_forgotten`]: [`quarantine_script`] run with the node's data volume.

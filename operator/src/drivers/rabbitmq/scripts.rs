@@ -58,6 +58,25 @@ pub fn join_argv(stray: &str, seed: &str) -> Vec<String> {
     vec!["sh".into(), "-c".into(), join_script(stray, seed)]
 }
 
+/// The `sh` script that makes `node` leave its cluster for good (a scale-down): `stop_app`, then
+/// `reset` (which tells the other members to forget it and wipes its own data, so that a later
+/// scale-up starts blank and joins). When `reset` fails the application is started again, so that
+/// a failed leave does not leave a stopped member behind. Exits with the first failure.
+pub fn leave_script(node: &str) -> String {
+    let ctl = format!("{CTL} -q -l -n {}", sh_quote(node));
+    format!(
+        "{ctl} stop_app; rc=$?\n\
+         echo \"mooring: stop_app exited $rc\"\n\
+         if [ \"$rc\" -ne 0 ]; then exit \"$rc\"; fi\n\
+         {ctl} reset; rc=$?\n\
+         echo \"mooring: reset exited $rc\"\n\
+         if [ \"$rc\" -ne 0 ]; then\n  \
+           {ctl} start_app; echo \"mooring: start_app exited $?\"\n\
+         fi\n\
+         exit \"$rc\"\n"
+    )
+}
+
 /// `rabbitmqctl -q -l -n <via> forget_cluster_node <ghost>`.
 pub fn forget_argv(via: &str, ghost: &str) -> Vec<String> {
     [CTL, "-q", "-l", "-n", via, "forget_cluster_node", ghost]
