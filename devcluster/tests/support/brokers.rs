@@ -76,6 +76,14 @@ impl Env {
         CancellationToken,
         tokio::task::JoinHandle<anyhow::Result<()>>,
     ) {
+        // The in-process operator's logs, shown with the test's output (RUST_LOG overrides).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                std::env::var("RUST_LOG")
+                    .unwrap_or_else(|_| "mooring_operator=info,kube=warn".into()),
+            ))
+            .with_test_writer()
+            .try_init();
         let dc = Devcluster::up(tag);
         let client = dc.client().await;
         mooring_tests::install_crd(&client)

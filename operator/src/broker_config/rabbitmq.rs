@@ -115,6 +115,26 @@ const ANONYMOUS_LOGIN_VERSION: BrokerVersion = BrokerVersion::new(4, 0, 0);
 const TERMINATION_GRACE_SECONDS: i64 = 60;
 
 /// The Erlang node name of the Pod with this ordinal.
+/// The `cluster_partition_handling` Mooring renders for `replicas` nodes: with a majority to
+/// keep, pause the minority side of a partition; with one or two nodes there is none, so heal
+/// automatically.
+pub fn default_partition_handling(replicas: i32) -> &'static str {
+    if replicas >= 3 {
+        "pause_minority"
+    } else {
+        "autoheal"
+    }
+}
+
+/// The `cluster_partition_handling` a cluster of `replicas` nodes runs with: `configOverrides`
+/// wins over [`default_partition_handling`].
+pub fn partition_handling(spec: &BrokerClusterSpec, replicas: i32) -> String {
+    spec.config_overrides
+        .get("cluster_partition_handling")
+        .cloned()
+        .unwrap_or_else(|| default_partition_handling(replicas).to_string())
+}
+
 pub fn node_name(names: &ClusterNames, ordinal: i32) -> String {
     format!("{NODE_SHORT_NAME}@{}", names.pod_fqdn(ordinal))
 }
@@ -382,14 +402,10 @@ fn render_conf(input: &RenderInput<'_>, version: BrokerVersion) -> Result<String
             node_name(names, ordinal),
         );
     }
-    // With a majority to keep, pause the minority side of a partition; with one or two nodes
-    // there is none, so heal automatically.
-    let partitions = if spec.replicas >= 3 {
-        "pause_minority"
-    } else {
-        "autoheal"
-    };
-    set("cluster_partition_handling", partitions.into());
+    set(
+        "cluster_partition_handling",
+        default_partition_handling(spec.replicas).into(),
+    );
     set("loopback_users", "none".into());
     set("listeners.tcp.default", AMQP_PORT.to_string());
     set("management.tcp.port", MANAGEMENT_PORT.to_string());

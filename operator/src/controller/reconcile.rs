@@ -211,6 +211,10 @@ async fn converge(bc: &BrokerCluster, ctx: &Context, names: &ChildNames) -> Resu
         .as_ref()
         .and_then(|s| s.spec.as_ref())
         .and_then(|s| s.replicas);
+    let current_template = existing_sts
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .map(|s| s.template.clone());
     if let Some(existing) = existing_sts {
         if resources::claim_templates_changed(&existing, &stateful_set) {
             replace_stateful_set(ctx, bc, names).await?;
@@ -221,6 +225,12 @@ async fn converge(bc: &BrokerCluster, ctx: &Context, names: &ChildNames) -> Resu
     let scale_down = scale_down::run(ctx, bc, current_replicas).await;
     if let Some(spec) = stateful_set.spec.as_mut() {
         spec.replicas = Some(scale_down.replicas);
+        // While a node drains and leaves, the Pods keep their template: a changed configuration
+        // (the node list, partition handling) would otherwise start a rolling restart that
+        // deletes the draining Pod first. It rolls once the scale-down is done.
+        if let (true, Some(template)) = (scale_down.in_progress(), current_template) {
+            spec.template = template;
+        }
     }
     let applied_sts = apply(client, ns, &stateful_set).await?;
     let keep_pdb: Vec<String> = pdb.iter().map(|p| p.name_any()).collect();

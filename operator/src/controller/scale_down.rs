@@ -27,12 +27,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
-use mooring_crds::{BrokerCluster, ScaleDownStatus};
+use mooring_crds::{BrokerCluster, BrokerKind, ScaleDownStatus};
 use tracing::{info, warn};
 
 use super::{pod_reference, publish_related};
+use crate::broker_config::rabbitmq;
 use crate::context::Context;
-use crate::drivers::{cluster as cluster_driver, ClientQuery, Driver, NodeTarget};
+use crate::drivers::{cluster as cluster_driver, ClientQuery, Driver, DriverError, NodeTarget};
 use crate::membership::node_name;
 use crate::resources::ChildNames;
 
@@ -230,7 +231,13 @@ pub async fn run(ctx: &Context, bc: &BrokerCluster, current: Option<i32>) -> Out
     let pod_name = format!("{}-{ordinal}", names.stateful_set);
     let node = node_name(bc.spec.broker.kind, &names.cluster, ordinal);
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
-    let pod = pods.get_opt(&pod_name).await.ok().flatten();
+    let pod = match pods.get_opt(&pod_name).await {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(pod = %pod_name, error = %e, "scale-down: cannot read the leaving Pod");
+            None
+        }
+    };
     let running = pod.as_ref().is_some_and(is_serving);
     let leaving = NodeTarget {
         pod: pod_name.clone(),
@@ -316,7 +323,11 @@ pub async fn run(ctx: &Context, bc: &BrokerCluster, current: Option<i32>) -> Out
                         pod: seed,
                         node: node_name(bc.spec.broker.kind, &names.cluster, 0),
                     };
-                    match driver.leave(&leaving, &via).await {
+                    let left = match prepare_remaining(&driver, bc, &names, now_replicas).await {
+                        Ok(()) => driver.leave(&leaving, &via).await,
+                        Err(e) => Err(e),
+                    };
+                    match left {
                         Ok(()) => {
                             publish_related(
                                 ctx,
@@ -360,6 +371,30 @@ pub async fn run(ctx: &Context, bc: &BrokerCluster, current: Option<i32>) -> Out
             }
         }
     }
+}
+
+/// Before a RabbitMQ cluster shrinks from 3 nodes to 2 (or 1), the nodes that stay switch
+/// from `pause_minority` to `autoheal` at runtime: the configuration says so after the
+/// scale-down, but applying it takes a rolling restart, during which a 2-node cluster still on
+/// `pause_minority` would pause its only running node and stall.
+async fn prepare_remaining(
+    driver: &Driver,
+    bc: &BrokerCluster,
+    names: &ChildNames,
+    now_replicas: i32,
+) -> Result<(), DriverError> {
+    if bc.spec.broker.kind != BrokerKind::Rabbitmq {
+        return Ok(());
+    }
+    let before = rabbitmq::partition_handling(&bc.spec, now_replicas);
+    let after = rabbitmq::partition_handling(&bc.spec, now_replicas - 1);
+    if before == after {
+        return Ok(());
+    }
+    let staying: Vec<String> = (0..now_replicas - 1)
+        .map(|i| node_name(bc.spec.broker.kind, &names.cluster, i))
+        .collect();
+    driver.set_partition_handling(&staying, &after).await
 }
 
 /// The StatefulSet lowered to `to` after `pod` went. When more nodes are to leave, a status

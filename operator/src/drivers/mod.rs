@@ -412,6 +412,19 @@ impl Driver {
         dispatch!(self, d => d.remove_member(via, ghost).await)
     }
 
+    /// Switches how the nodes react to a partition, at runtime, where the broker has such a
+    /// setting (RabbitMQ `cluster_partition_handling`; EMQX: nothing to do).
+    pub async fn set_partition_handling(
+        &self,
+        nodes: &[String],
+        mode: &str,
+    ) -> Result<(), DriverError> {
+        match self {
+            Driver::Rabbitmq(d) => d.set_partition_handling(nodes, mode).await,
+            Driver::Emqx(_) => Ok(()),
+        }
+    }
+
     /// Makes `node` leave the cluster for good, before its Pod is removed in a scale-down.
     /// RabbitMQ: `stop_app` and `reset` on the node (the members forget it; its data is wiped so
     /// that a later scale-up starts blank and joins). EMQX: `force_leave` asked of `via`.

@@ -97,8 +97,9 @@ use model::{
 };
 use scripts::{command_failed, forget_outcome, valid_node, Forget};
 pub use scripts::{
-    forget_argv, join_argv, join_script, leave_script, quarantine_argv, quarantine_script,
-    restart_app_script, restart_vhost_argv, sh_quote, QUARANTINE_DIR,
+    forget_argv, join_argv, join_script, leave_script, partition_handling_script, quarantine_argv,
+    quarantine_script, restart_app_script, restart_vhost_argv, sh_quote, QUARANTINE_DIR,
+    RUNTIME_PARTITION_MODES,
 };
 use topics::topic_metrics_of;
 pub use topics::{
@@ -248,6 +249,40 @@ impl RabbitmqDriver {
             }
             Forget::Failed => Err(command_failed(OP, &via.node, &out)),
         }
+    }
+
+    /// See [`Driver::set_partition_handling`]: [`partition_handling_script`], asked of the
+    /// first node.
+    pub async fn set_partition_handling(
+        &self,
+        nodes: &[String],
+        mode: &str,
+    ) -> Result<(), DriverError> {
+        const OP: &str = "set_partition_handling";
+        let Some(first) = nodes.first() else {
+            return Ok(());
+        };
+        for n in nodes {
+            valid_node(OP, n)?;
+        }
+        if !RUNTIME_PARTITION_MODES.contains(&mode) {
+            return Err(DriverError::Command {
+                op: OP,
+                target: first.clone(),
+                message: format!("{mode:?} cannot be set at runtime"),
+            });
+        }
+        let argv = vec![
+            "sh".into(),
+            "-c".into(),
+            partition_handling_script(nodes, mode),
+        ];
+        let out = self.run(OP, first, argv, None).await?;
+        if out.exit_code != 0 {
+            return Err(command_failed(OP, first, &out));
+        }
+        info!(?nodes, mode, "switched partition handling at runtime");
+        Ok(())
     }
 
     /// See [`Driver::leave`]: [`leave_script`] run for the node.

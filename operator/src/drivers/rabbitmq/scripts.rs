@@ -58,6 +58,28 @@ pub fn join_argv(stray: &str, seed: &str) -> Vec<String> {
     vec!["sh".into(), "-c".into(), join_script(stray, seed)]
 }
 
+/// Partition-handling modes that can be switched at runtime (a plain atom).
+pub const RUNTIME_PARTITION_MODES: [&str; 3] = ["ignore", "autoheal", "pause_minority"];
+
+/// The `sh` script that switches `cluster_partition_handling` to `mode` on every node of `nodes`
+/// at runtime (`application:set_env`; RabbitMQ reads it when a partition or node loss happens),
+/// so that a cluster shrinking below 3 nodes does not pause itself during the rolling restart
+/// that follows. Tries every node; exits non-zero when one failed.
+pub fn partition_handling_script(nodes: &[String], mode: &str) -> String {
+    let mut out = String::from("failed=0\n");
+    for node in nodes {
+        let ctl = format!("{CTL} -q -l -n {}", sh_quote(node));
+        out.push_str(&format!(
+            "{ctl} eval {} || failed=1\n",
+            sh_quote(&format!(
+                "application:set_env(rabbit, cluster_partition_handling, {mode})."
+            ))
+        ));
+    }
+    out.push_str("exit \"$failed\"\n");
+    out
+}
+
 /// The `sh` script that makes `node` leave its cluster for good (a scale-down): `stop_app`, then
 /// `reset` (which tells the other members to forget it and wipes its own data, so that a later
 /// scale-up starts blank and joins). When `reset` fails the application is started again, so that
@@ -287,6 +309,32 @@ mod tests {
             restart_vhost_argv("r@a")[3..],
             ["-n", "r@a", "restart_vhost", "-p", "/"]
         );
+    }
+
+    #[test]
+    fn partition_handling_is_set_on_every_node() {
+        let script = partition_handling_script(&["r@a".into(), "r@b".into()], "autoheal");
+        for n in ["r@a", "r@b"] {
+            assert!(script.contains(&format!(
+                "rabbitmqctl -q -l -n 'r@{}' eval 'application:set_env(rabbit, cluster_partition_handling, autoheal).' || failed=1",
+                &n[2..]
+            )), "{script}");
+        }
+        assert!(script.ends_with("exit \"$failed\"\n"));
+    }
+
+    #[test]
+    fn leave_stops_then_resets_and_restarts_only_after_a_failed_reset() {
+        let script = leave_script("rabbit@a'b");
+        let ctl = "rabbitmqctl -q -l -n 'rabbit@a'\\''b'";
+        let stop = script.find(&format!("{ctl} stop_app")).expect("stop_app");
+        let reset = script.find(&format!("{ctl} reset")).expect("reset");
+        let start = script.find(&format!("{ctl} start_app")).expect("start_app");
+        assert!(stop < reset && reset < start);
+        // start_app sits in the failure branch of reset only.
+        let branch = &script[reset..start];
+        assert!(branch.contains("if [ \"$rc\" -ne 0 ]; then"), "{script}");
+        assert!(script.trim_end().ends_with("exit \"$rc\""));
     }
 
     #[test]
