@@ -461,6 +461,9 @@ pub enum VolumeReclaimPolicy {
 
 /// The sticky MQTT load balancer.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = kube::core::Rule::new("!self.proxyProtocol || self.enabled")
+    .message("loadBalancer.proxyProtocol needs loadBalancer.enabled: without the load balancer no client could send the PROXY header the brokers would require")
+    .field_path(".proxyProtocol"))]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancerSpec {
     /// Run HAProxy in front of the cluster, sticky by MQTT client id.
@@ -485,6 +488,24 @@ pub struct LoadBalancerSpec {
     #[serde(default = "default_drain_seconds")]
     #[schemars(range(min = 0, max = 3600))]
     pub drain_seconds: i64,
+    /// Send the PROXY protocol (v2) from HAProxy to the brokers, so that the brokers see each
+    /// client's real address instead of HAProxy's (in their connection lists, logs, and
+    /// address-based rules). Every MQTT listener of every broker node (MQTT, WebSocket, TLS, WSS)
+    /// then REQUIRES the PROXY header: clients that connect to a broker directly (the `<name>`
+    /// Service, Pod IPs) can no longer connect, only clients through the load balancer can.
+    /// Mooring sets EMQX `listeners.<tcp|ws|ssl|wss>.default.proxy_protocol = true`, and RabbitMQ
+    /// `mqtt.proxy_protocol = true` (MQTT and MQTT over TLS) and `web_mqtt.proxy_protocol = true`
+    /// (WebSocket and WSS); its own MQTT health checks send the header too. Changing it rolls the
+    /// broker Pods. Needs `enabled`.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+impl LoadBalancerSpec {
+    /// Whether the brokers must require the PROXY protocol: the load balancer runs and sends it.
+    pub fn sends_proxy_protocol(&self) -> bool {
+        self.enabled && self.proxy_protocol
+    }
 }
 
 fn default_lb_replicas() -> i32 {
@@ -505,6 +526,7 @@ impl Default for LoadBalancerSpec {
             service_type: ServiceType::ClusterIP,
             stickiness_expiry_seconds: default_stickiness(),
             drain_seconds: default_drain_seconds(),
+            proxy_protocol: false,
         }
     }
 }

@@ -10,6 +10,7 @@ use kube::Client;
 use prometheus_client::registry::Registry;
 
 use crate::alerts::Alerts;
+use crate::collector::Histories;
 use crate::membership;
 use crate::metrics::Metrics;
 use crate::resources::load_balancer::LbImages;
@@ -22,6 +23,8 @@ pub struct State {
     pub metrics: Metrics,
     /// Alerts that fire now.
     pub alerts: Alerts,
+    /// The telemetry collector's samples of every cluster (one hour each).
+    pub samples: Histories,
     ready: AtomicBool,
 }
 
@@ -34,6 +37,7 @@ impl State {
             registry,
             metrics,
             alerts: Alerts::default(),
+            samples: Histories::default(),
             ready: AtomicBool::new(false),
         })
     }

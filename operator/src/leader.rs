@@ -29,9 +29,21 @@ pub async fn manager(
         .with_identity(&cfg.identity)
         .with_duration(cfg.duration.as_secs())
         .with_grace(5)
-        .with_field_manager("mooring-leader")
+        // One field manager per replica: the API server refuses a server-side apply that takes
+        // the Lease's holder from another manager, which is what keeps two replicas that
+        // campaign at the same moment from both leading (a shared manager never conflicts).
+        .with_field_manager(field_manager(&cfg.identity))
         .build()
         .await
+}
+
+/// This replica's field manager on the Lease: unique per identity (the API server allows at most
+/// 128 characters).
+fn field_manager(identity: &str) -> String {
+    format!("mooring-leader-{identity}")
+        .chars()
+        .take(128)
+        .collect()
 }
 
 /// Waits until `rx` says this replica leads (true) or the channel closes (false).

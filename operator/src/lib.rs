@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod apply;
 pub mod broker_config;
+pub mod collector;
 pub mod conditions;
 pub mod context;
 pub mod controller;
@@ -16,6 +17,7 @@ pub mod load_balancer;
 pub mod membership;
 pub mod metrics;
 pub mod pod_command;
+pub mod rbac;
 pub mod resources;
 pub mod runner;
 pub mod server;

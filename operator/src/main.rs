@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use kube::Client;
+use mooring_operator::alerts::webhook;
 use mooring_operator::context::State;
 use mooring_operator::controller::Scope;
 use mooring_operator::leader::LeaseConfig;
@@ -72,6 +73,10 @@ struct RunArgs {
     /// Mooring image the load balancers' agent runs (default: this version's release image).
     #[arg(long, env = "MOORING_AGENT_IMAGE")]
     agent_image: Option<String>,
+    /// Webhook (Alertmanager's format) every alert is sent to, besides each cluster's own
+    /// `spec.monitoring.webhook`.
+    #[arg(long, env = "MOORING_ALERT_WEBHOOK_URL")]
+    alert_webhook_url: Option<String>,
 }
 
 #[tokio::main]
@@ -99,6 +104,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let state = State::new();
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
+    let notifier = webhook::spawn(
+        args.alert_webhook_url.clone(),
+        webhook::RetryPolicy::default(),
+        shutdown.clone(),
+    )
+    .context("starting the alert webhook sender")?;
+    state.alerts.set_notifier(notifier);
 
     let server = tokio::spawn(server::serve(
         args.listen,
@@ -106,7 +118,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown.clone().cancelled_owned(),
     ));
 
-    if wait_for_crd(&client, &shutdown).await {
+    if wait_for_crd(&client, args.namespace.as_deref(), &shutdown).await {
         state.set_ready(true);
         let identity = args.identity.clone().unwrap_or_else(default_identity);
         let lease = LeaseConfig {

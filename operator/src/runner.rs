@@ -12,6 +12,7 @@ use mooring_crds::BrokerCluster;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::collector;
 use crate::context::{Context, State};
 use crate::controller::{self, Scope};
 use crate::leader::{self, LeaseConfig};
@@ -60,7 +61,16 @@ pub async fn lead_and_control(
                 }
             }
         };
+        // Telemetry and alerts while leading; it stops with the membership monitors.
+        let collector = tokio::spawn(collector::run(
+            ctx.clone(),
+            scope.namespace.clone(),
+            ctx.membership.shutdown.child_token(),
+        ));
         controller::run(ctx, scope.clone(), stop).await;
+        if let Err(e) = collector.await {
+            warn!(error = %e, "telemetry collector task failed");
+        }
         state.metrics.leader.set(0);
         if shutdown.is_cancelled() {
             break;
@@ -76,9 +86,18 @@ pub async fn lead_and_control(
     Ok(())
 }
 
-/// Waits until BrokerClusters can be listed (the CRD is installed). False on shutdown.
-pub async fn wait_for_crd(client: &Client, shutdown: &CancellationToken) -> bool {
-    let api: Api<BrokerCluster> = Api::all(client.clone());
+/// Waits until BrokerClusters can be listed (the CRD is installed) in `namespace`, or in every
+/// namespace for `None` (an operator limited to one namespace may hold no cluster-wide right).
+/// False on shutdown.
+pub async fn wait_for_crd(
+    client: &Client,
+    namespace: Option<&str>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let api: Api<BrokerCluster> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let mut delay = Duration::from_millis(500);
     loop {
         match api.list_metadata(&ListParams::default().limit(1)).await {

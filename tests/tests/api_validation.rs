@@ -358,3 +358,32 @@ async fn rejects_changing_the_broker_kind() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn proxy_protocol_defaults_off_and_is_accepted_with_the_load_balancer() -> Result<()> {
+    let bc = expect_accepted(
+        "proxy-protocol",
+        json!({
+            "broker": { "kind": "rabbitmq" },
+            "loadBalancer": { "enabled": true, "proxyProtocol": true }
+        }),
+    )
+    .await?;
+    assert!(bc.spec.load_balancer.proxy_protocol);
+    let plain = expect_accepted("proxy-protocol-default", json!({})).await?;
+    assert!(!plain.spec.load_balancer.proxy_protocol, "default off");
+    Ok(())
+}
+
+#[tokio::test]
+async fn rejects_proxy_protocol_without_the_load_balancer() -> Result<()> {
+    expect_rejected(
+        "proxy-protocol-no-lb",
+        json!({ "loadBalancer": { "proxyProtocol": true } }),
+        &[
+            "spec.loadBalancer.proxyProtocol",
+            "loadBalancer.proxyProtocol needs loadBalancer.enabled",
+        ],
+    )
+    .await
+}

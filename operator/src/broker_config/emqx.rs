@@ -413,15 +413,21 @@ fn render_conf(input: &RenderInput<'_>, auth: &Auth, has_acl: bool, tls: &[TlsMo
     ));
 
     let tls_for = |listener: &str| tls.iter().find(|t| t.listener == listener);
+    // Behind a load balancer that sends the PROXY protocol, every listener requires the header.
+    let proxy = if spec.load_balancer.sends_proxy_protocol() {
+        "    proxy_protocol = true\n"
+    } else {
+        ""
+    };
     c.push_str("listeners {\n");
     c.push_str(&format!(
-        "  tcp.default {{\n    enable = true\n    bind = {}\n  }}\n",
+        "  tcp.default {{\n    enable = true\n    bind = {}\n{proxy}  }}\n",
         bind(l.mqtt.port)
     ));
     if l.websocket.enabled {
         c.push_str(&format!(
             "  ws.default {{\n    enable = true\n    bind = {}\n    \
-             websocket.mqtt_path = \"/mqtt\"\n  }}\n",
+             websocket.mqtt_path = \"/mqtt\"\n{proxy}  }}\n",
             bind(l.websocket.port)
         ));
     } else {
@@ -429,7 +435,7 @@ fn render_conf(input: &RenderInput<'_>, auth: &Auth, has_acl: bool, tls: &[TlsMo
     }
     match (&l.tls, tls_for(port_names::MQTTS)) {
         (Some(t), Some(m)) => c.push_str(&format!(
-            "  ssl.default {{\n    enable = true\n    bind = {}\n{}  }}\n",
+            "  ssl.default {{\n    enable = true\n    bind = {}\n{proxy}{}  }}\n",
             bind(t.port),
             ssl_options(m)
         )),
@@ -438,7 +444,7 @@ fn render_conf(input: &RenderInput<'_>, auth: &Auth, has_acl: bool, tls: &[TlsMo
     match (&l.wss, tls_for(port_names::WSS)) {
         (Some(t), Some(m)) => c.push_str(&format!(
             "  wss.default {{\n    enable = true\n    bind = {}\n    \
-             websocket.mqtt_path = \"/mqtt\"\n{}  }}\n",
+             websocket.mqtt_path = \"/mqtt\"\n{proxy}{}  }}\n",
             bind(t.port),
             ssl_options(m)
         )),
@@ -760,6 +766,51 @@ mod tests {
         let client: Vec<_> = l.client_ports.iter().map(|p| p.container_port).collect();
         assert_eq!(client, [1884, 18083]);
         assert_eq!(l.headless_ports, l.ports);
+    }
+
+    #[test]
+    fn proxy_protocol_is_required_on_every_listener_behind_the_load_balancer() {
+        let every_listener = json!({
+            "tls": {"port": 8883, "secretRef": {"name": "mqtt-cert"}},
+            "wss": {"port": 8084, "secretRef": {"name": "wss-cert"}}
+        });
+        let l = layout(&spec(json!({
+            "listeners": every_listener,
+            "loadBalancer": {"enabled": true, "proxyProtocol": true}
+        })));
+        let c = conf(&l);
+        assert_eq!(c.matches("    proxy_protocol = true\n").count(), 4, "{c}");
+        for listener in ["tcp", "ws", "ssl", "wss"] {
+            let block = c
+                .split(&format!("  {listener}.default {{\n"))
+                .nth(1)
+                .and_then(|rest| rest.split("\n  }\n").next())
+                .unwrap();
+            assert!(
+                block.contains("proxy_protocol = true"),
+                "{listener}: {block}"
+            );
+        }
+        // The probes ask the dashboard's HTTP status endpoint, never an MQTT listener.
+        assert!(l.readiness_probe.http_get.is_some() && l.liveness_probe.http_get.is_some());
+
+        // A listener that is off gets nothing.
+        let l = layout(&spec(json!({
+            "listeners": {"websocket": {"enabled": false, "port": 8083}},
+            "loadBalancer": {"enabled": true, "proxyProtocol": true}
+        })));
+        assert_eq!(conf(&l).matches("proxy_protocol").count(), 1);
+        assert!(conf(&l).contains("ws.default {\n    enable = false\n  }"));
+
+        for lb in [
+            json!({"enabled": true}),
+            json!({"enabled": false, "proxyProtocol": true}),
+        ] {
+            let l = layout(&spec(
+                json!({"listeners": every_listener, "loadBalancer": lb}),
+            ));
+            assert!(!conf(&l).contains("proxy_protocol"), "{lb}");
+        }
     }
 
     #[test]

@@ -114,7 +114,6 @@ const SESSION_EXPIRY_VERSION: BrokerVersion = BrokerVersion::new(3, 13, 0);
 const ANONYMOUS_LOGIN_VERSION: BrokerVersion = BrokerVersion::new(4, 0, 0);
 const TERMINATION_GRACE_SECONDS: i64 = 60;
 
-/// The Erlang node name of the Pod with this ordinal.
 /// The `cluster_partition_handling` Mooring renders for `replicas` nodes: with a majority to
 /// keep, pause the minority side of a partition; with one or two nodes there is none, so heal
 /// automatically.
@@ -135,6 +134,7 @@ pub fn partition_handling(spec: &BrokerClusterSpec, replicas: i32) -> String {
         .unwrap_or_else(|| default_partition_handling(replicas).to_string())
 }
 
+/// The Erlang node name of the Pod with this ordinal.
 pub fn node_name(names: &ClusterNames, ordinal: i32) -> String {
     format!("{NODE_SHORT_NAME}@{}", names.pod_fqdn(ordinal))
 }
@@ -473,6 +473,15 @@ fn render_conf(input: &RenderInput<'_>, version: BrokerVersion) -> Result<String
     } else if l.wss.is_some() {
         // The plugin runs for WSS; keep its plain listener (15675 by default) closed.
         set("web_mqtt.tcp.listener", "none".into());
+    }
+    if spec.load_balancer.sends_proxy_protocol() {
+        // Every MQTT listener requires the header HAProxy sends: `mqtt.` covers MQTT and MQTT
+        // over TLS, `web_mqtt.` WebSocket and WSS (a key of a plugin that is off would stop
+        // the node from booting).
+        set("mqtt.proxy_protocol", "true".into());
+        if l.websocket.enabled || l.wss.is_some() {
+            set("web_mqtt.proxy_protocol", "true".into());
+        }
     }
 
     // Overrides win: drop what they replace instead of relying on duplicate-key order.
@@ -1092,6 +1101,44 @@ mod tests {
             "[rabbitmq_management,rabbitmq_mqtt].\n"
         );
         assert!(!conf(&l).contains("web_mqtt"));
+    }
+
+    #[test]
+    fn proxy_protocol_is_required_on_every_mqtt_listener_behind_the_load_balancer() {
+        let every_listener = json!({
+            "tls": {"port": 8883, "secretRef": {"name": "mqtt-cert"}},
+            "wss": {"port": 8084, "secretRef": {"name": "wss-cert"}}
+        });
+        let l = layout(&spec(json!({
+            "listeners": every_listener,
+            "loadBalancer": {"enabled": true, "proxyProtocol": true}
+        })));
+        let c = conf(&l);
+        assert!(c.contains("mqtt.proxy_protocol = true\n"), "{c}");
+        assert!(c.contains("web_mqtt.proxy_protocol = true\n"), "{c}");
+        // Probes never speak MQTT: the TCP readiness probe opens and closes the connection
+        // (RabbitMQ drops a connection without a header silently, measured).
+        assert!(l.readiness_probe.tcp_socket.is_some());
+        assert!(l.readiness_probe.exec.is_none() && l.liveness_probe.exec.is_none());
+
+        // No WebSocket listener: the plugin is off, and its key would stop the node booting.
+        let l = layout(&spec(json!({
+            "listeners": {"websocket": {"enabled": false, "port": 8083}},
+            "loadBalancer": {"enabled": true, "proxyProtocol": true}
+        })));
+        assert!(conf(&l).contains("mqtt.proxy_protocol = true\n"));
+        assert!(!conf(&l).contains("web_mqtt"));
+
+        for lb in [
+            json!({"enabled": true}),
+            json!({"enabled": true, "proxyProtocol": false}),
+            json!({"enabled": false, "proxyProtocol": true}),
+        ] {
+            let l = layout(&spec(
+                json!({"listeners": every_listener, "loadBalancer": lb}),
+            ));
+            assert!(!conf(&l).contains("proxy_protocol"), "{lb}");
+        }
     }
 
     #[test]

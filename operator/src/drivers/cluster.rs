@@ -8,7 +8,9 @@ use kube::{Api, Client, ResourceExt};
 use mooring_crds::BrokerCluster;
 use tokio::sync::watch;
 
+use super::mqtt_probe::ProxyHeader;
 use super::pod_runner::PodCommandRunner;
+use super::rabbitmq::MQTT_PORT;
 use super::{Driver, DriverConfig, DriverError, COMMAND_TIMEOUT, HTTP_TIMEOUT};
 use crate::broker_config::{self, secret_keys};
 use crate::resources::ChildNames;
@@ -30,9 +32,29 @@ pub enum SetupError {
     Driver(#[from] DriverError),
 }
 
-/// The version string the driver of `bc` is built for (a driver is rebuilt when it changes).
-pub fn version(bc: &BrokerCluster) -> String {
-    broker_config::version_string(&bc.spec).to_string()
+/// What the driver of `bc` is built from, as one string: the broker version, plus the MQTT port
+/// and PROXY header of its MQTT checks when they differ from the defaults (a driver is rebuilt
+/// when it changes).
+pub fn driver_key(bc: &BrokerCluster) -> String {
+    let mut key = broker_config::version_string(&bc.spec).to_string();
+    let mqtt_port = bc.spec.listeners.mqtt.port;
+    if mqtt_port != i32::from(MQTT_PORT) {
+        key.push_str(&format!(" mqtt:{mqtt_port}"));
+    }
+    if mqtt_proxy_header(bc) == ProxyHeader::V2 {
+        key.push_str(" proxy-protocol");
+    }
+    key
+}
+
+/// What Mooring's MQTT checks write before their `CONNECT`: a PROXY header when the brokers'
+/// listeners require one (behind a load balancer with `loadBalancer.proxyProtocol`).
+pub fn mqtt_proxy_header(bc: &BrokerCluster) -> ProxyHeader {
+    if bc.spec.load_balancer.sends_proxy_protocol() {
+        ProxyHeader::V2
+    } else {
+        ProxyHeader::None
+    }
 }
 
 /// Builds the driver of `bc`; command Pods follow the cluster `cluster` carries.
@@ -58,14 +80,59 @@ pub async fn for_cluster(
             .ok_or_else(|| SetupError::MissingKey(key.clone(), name))
     };
     let config = DriverConfig {
-        version: version(bc),
+        version: broker_config::version_string(&bc.spec).to_string(),
         username: value(secret_keys::ADMIN_USERNAME)?,
         password: value(secret_keys::ADMIN_PASSWORD)?,
         http_timeout: HTTP_TIMEOUT,
         command_timeout: COMMAND_TIMEOUT,
         commands: Arc::new(PodCommandRunner::new(client.clone(), cluster)),
         management_port: None,
-        mqtt_port: None,
+        mqtt_port: u16::try_from(bc.spec.listeners.mqtt.port).ok(),
     };
-    Ok(Driver::new(bc.spec.broker.kind, config)?)
+    Ok(Driver::new(bc.spec.broker.kind, config)?.with_mqtt_proxy_header(mqtt_proxy_header(bc)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mooring_crds::BrokerClusterSpec;
+
+    fn cluster(spec: serde_json::Value) -> BrokerCluster {
+        let spec: BrokerClusterSpec = serde_json::from_value(spec).unwrap();
+        BrokerCluster::new("demo", spec)
+    }
+
+    #[test]
+    fn checks_send_the_proxy_header_only_when_the_load_balancer_sends_it() {
+        let rabbit = serde_json::json!({"kind": "rabbitmq", "version": "3.10.8"});
+        for (lb, expected) in [
+            (
+                serde_json::json!({"enabled": true, "proxyProtocol": true}),
+                ProxyHeader::V2,
+            ),
+            (serde_json::json!({"enabled": true}), ProxyHeader::None),
+            (
+                serde_json::json!({"enabled": false, "proxyProtocol": true}),
+                ProxyHeader::None,
+            ),
+        ] {
+            let bc = cluster(serde_json::json!({"broker": rabbit, "loadBalancer": lb}));
+            assert_eq!(mqtt_proxy_header(&bc), expected, "{lb}");
+        }
+    }
+
+    #[test]
+    fn the_driver_is_rebuilt_when_its_mqtt_check_changes() {
+        let rabbit = serde_json::json!({"kind": "rabbitmq", "version": "3.10.8"});
+        let plain = cluster(serde_json::json!({"broker": rabbit}));
+        assert_eq!(driver_key(&plain), "3.10.8");
+        let proxied = cluster(serde_json::json!({
+            "broker": rabbit, "loadBalancer": {"enabled": true, "proxyProtocol": true}
+        }));
+        assert_eq!(driver_key(&proxied), "3.10.8 proxy-protocol");
+        let other_port = cluster(serde_json::json!({
+            "broker": rabbit, "listeners": {"mqtt": {"port": 1884}}
+        }));
+        assert_eq!(driver_key(&other_port), "3.10.8 mqtt:1884");
+    }
 }

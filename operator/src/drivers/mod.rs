@@ -391,6 +391,16 @@ impl Driver {
         })
     }
 
+    /// The same driver, its MQTT-level checks sending `header` before their `CONNECT` (the
+    /// brokers' listeners require one behind a load balancer with `loadBalancer.proxyProtocol`).
+    /// EMQX's driver speaks only HTTP to the brokers: nothing changes.
+    pub fn with_mqtt_proxy_header(self, header: mqtt_probe::ProxyHeader) -> Self {
+        match self {
+            Driver::Rabbitmq(d) => Driver::Rabbitmq(d.with_mqtt_proxy_header(header)),
+            emqx @ Driver::Emqx(_) => emqx,
+        }
+    }
+
     /// Whether the node can serve clients.
     pub async fn health(&self, node: &NodeTarget) -> Result<Health, DriverError> {
         dispatch!(self, d => d.health(node).await)

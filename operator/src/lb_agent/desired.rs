@@ -256,6 +256,7 @@ pub fn desired(input: &Inputs<'_>) -> Result<Desired, DesiredError> {
         peers: peers(input),
         health_check_credentials: credentials,
         accept_refused_connack: emqx_check_is_refused(cluster),
+        proxy_protocol: spec.load_balancer.sends_proxy_protocol(),
         ..LbConfig::new(name)
     };
 
@@ -682,6 +683,36 @@ mod tests {
                 port: 70000
             }
         );
+    }
+
+    #[test]
+    fn proxy_protocol_follows_the_spec_and_needs_the_load_balancer_on() {
+        let pods = brokers(1);
+        for (lb, expected) in [
+            (
+                serde_json::json!({"enabled": true, "proxyProtocol": true}),
+                true,
+            ),
+            (serde_json::json!({"enabled": true}), false),
+            (
+                serde_json::json!({"enabled": true, "proxyProtocol": false}),
+                false,
+            ),
+            // Refused by the CRD's rule; never sent even if it got through.
+            (
+                serde_json::json!({"enabled": false, "proxyProtocol": true}),
+                false,
+            ),
+        ] {
+            let bc = cluster(serde_json::json!({ "loadBalancer": lb.clone() }));
+            let d = desired(&inputs(&bc, &pods, &[])).unwrap();
+            assert_eq!(d.config.proxy_protocol, expected, "{lb}");
+            assert_eq!(
+                render(&d.config).unwrap().contains("send-proxy-v2"),
+                expected,
+                "{lb}"
+            );
+        }
     }
 
     #[test]

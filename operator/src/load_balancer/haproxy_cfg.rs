@@ -64,20 +64,25 @@
 //!   broker (measured with `kill -STOP`). Bad credentials give CONNACK 4 or 5: the server goes
 //!   down, visible in the stats as `L7RSP` (measured against mosquitto 2.0.11 without anonymous
 //!   access: the right credentials gave `L7OK` and a clean DISCONNECT, a wrong password `L7RSP`).
-//!   `tcp-check connect default linger`: `default` makes the check send the PROXY header when
-//!   `check-send-proxy` is set (measured: plain `tcp-check connect` did not), `linger` closes with
-//!   FIN instead of RST (fewer "connection reset" lines in broker logs). `inter 2s fall 2 rise 2`:
+//!   `tcp-check connect default linger` (`tcp-check connect linger` with the PROXY protocol, see
+//!   below): `linger` closes with FIN instead of RST (fewer "connection reset" lines in broker
+//!   logs). `inter 2s fall 2 rise 2`:
 //!   a broker is out after two failed checks (about 4 s when it refuses connections, up to about
 //!   10 s when it hangs and each check waits 3 s). `on-marked-down shutdown-sessions` closes its
 //!   clients so they reconnect (and `option redispatch` re-places them). Passthrough servers do not
 //!   check on their own: they `track mqtt/<pod>`, so a broker has one health state for all
 //!   listeners and is probed once per LB replica (measured: maintenance, drain and down propagate
 //!   to trackers, and `shutdown-sessions` closes tracked sessions).
-//! - **PROXY protocol** ([`LbConfig::proxy_protocol`]): `send-proxy-v2` on every server and
-//!   `check-send-proxy` (checks send a v2 `LOCAL` header). Every broker listener behind this LB
-//!   (MQTT, WebSocket, TLS, WSS) must then require the PROXY header (EMQX:
-//!   `listeners.<type>.default.proxy_protocol = true`; RabbitMQ: `mqtt.proxy_protocol = true`,
-//!   `web_mqtt.proxy_protocol = true`).
+//! - **PROXY protocol** ([`LbConfig::proxy_protocol`]): `send-proxy-v2` on every server. Every
+//!   broker listener behind this LB (MQTT, WebSocket, TLS, WSS) must then require the PROXY header
+//!   (EMQX: `listeners.<type>.default.proxy_protocol = true`; RabbitMQ: `mqtt.proxy_protocol =
+//!   true`, `web_mqtt.proxy_protocol = true`), so the health check sends one too. Not through
+//!   `check-send-proxy`: HAProxy's checks then send a v2 `LOCAL` header, on which RabbitMQ 3.10
+//!   crashes the connection (measured with 3.10.8: the check failed with `L7RSP`). The
+//!   check connects with a plain `tcp-check connect linger` (which sends no header, measured) and
+//!   sends a v2 `PROXY` header from `0.0.0.0:0` to `0.0.0.0:0`
+//!   ([`super::proxy_header::health_check`]) in front of its CONNECT (measured: `L7OK` against
+//!   RabbitMQ 3.10.8 with `mqtt.proxy_protocol = true`).
 //! - **Client id in the logs**: captured after JSON escaping (`json(utf8s)`), at most
 //!   [`LOG_CLIENT_ID_LEN`] bytes, and logged last on the line as `clientid=...`. Measured: without
 //!   the escaping, a client id containing a newline writes a forged second log line.
@@ -321,6 +326,12 @@ pub enum LbConfigError {
         /// Largest accepted value.
         max: u64,
     },
+    /// The health check's PROXY protocol header could not be encoded.
+    #[error("proxyProtocol: cannot encode the health check's PROXY header: {reason}")]
+    ProxyHeader {
+        /// What the encoder said.
+        reason: String,
+    },
     /// A name or port that must be unique is used twice.
     #[error("{field}: {value:?} is used more than once")]
     Duplicate {
@@ -449,6 +460,13 @@ pub fn render(cfg: &LbConfig) -> Result<String, LbConfigError> {
         !peers.is_empty(),
     )?;
     let connect = mqtt_connect_packet(HEALTH_CHECK_CLIENT_ID, health_check_credentials.as_ref())?;
+    let check_proxy_header = if *proxy_protocol {
+        super::proxy_header::health_check().map_err(|e| LbConfigError::ProxyHeader {
+            reason: e.to_string(),
+        })?
+    } else {
+        Vec::new()
+    };
 
     let mut out = Out::default();
     out.raw(&format!(
@@ -502,11 +520,6 @@ pub fn render(cfg: &LbConfig) -> Result<String, LbConfigError> {
     } else {
         ""
     };
-    let proxy_check = if *proxy_protocol {
-        " send-proxy-v2 check-send-proxy"
-    } else {
-        ""
-    };
     out.section(&format!("backend {MQTT_BACKEND}"));
     out.line("balance leastconn");
     let peers_clause = if peers.is_empty() {
@@ -519,8 +532,18 @@ pub fn render(cfg: &LbConfig) -> Result<String, LbConfigError> {
     ));
     out.line("stick on req.payload(0,0),mqtt_field_value(connect,client_identifier)");
     out.line("option tcp-check");
-    out.line("tcp-check connect default linger");
-    out.line(&format!("tcp-check send-binary {}", hex(&connect)));
+    if *proxy_protocol {
+        // No `default`: the check must not send HAProxy's own (LOCAL) header; it sends its own.
+        out.line("tcp-check connect linger");
+        out.line(&format!(
+            "tcp-check send-binary {}{}",
+            hex(&check_proxy_header),
+            hex(&connect)
+        ));
+    } else {
+        out.line("tcp-check connect default linger");
+        out.line(&format!("tcp-check send-binary {}", hex(&connect)));
+    }
     if *accept_refused_connack {
         // CONNACK's fixed header and length; the return code may be a refusal.
         out.line(&format!("tcp-check expect binary {CONNACK_ANY_HEX}"));
@@ -529,7 +552,7 @@ pub fn render(cfg: &LbConfig) -> Result<String, LbConfigError> {
     }
     out.line(&format!("tcp-check send-binary {DISCONNECT_HEX}"));
     out.line(&format!(
-        "default-server inter 2s fall 2 rise 2 on-marked-down shutdown-sessions init-addr libc,none{proxy_check}"
+        "default-server inter 2s fall 2 rise 2 on-marked-down shutdown-sessions init-addr libc,none{proxy_server}"
     ));
     for server in &servers {
         out.line(&server_line(server, mqtt.backend, "check"));
@@ -1155,7 +1178,11 @@ mod tests {
 
     #[test]
     fn the_health_check_is_mqtt_and_carries_the_credentials() {
-        let cfg = render(&full()).unwrap();
+        let cfg = render(&LbConfig {
+            proxy_protocol: false,
+            ..full()
+        })
+        .unwrap();
         let packet =
             mqtt_connect_packet(HEALTH_CHECK_CLIENT_ID, Some(&creds("probe", "s3cret"))).unwrap();
         assert_eq!(
@@ -1172,6 +1199,7 @@ mod tests {
 
         let anonymous = render(&LbConfig {
             health_check_credentials: None,
+            proxy_protocol: false,
             ..full()
         })
         .unwrap();
@@ -1184,13 +1212,29 @@ mod tests {
         let with = render(&full()).unwrap();
         let default_servers = lines_starting(&with, "default-server");
         assert_eq!(default_servers.len(), 4, "mqtt, ws, tls, wss");
-        assert!(default_servers[0].ends_with(" send-proxy-v2 check-send-proxy"));
-        assert!(default_servers[0].contains("on-marked-down shutdown-sessions"));
         assert!(default_servers[0].contains("inter 2s fall 2 rise 2"));
-        for line in &default_servers[1..] {
+        for line in &default_servers {
             assert!(line.ends_with(" send-proxy-v2"), "{line}");
             assert!(line.contains("on-marked-down shutdown-sessions"), "{line}");
         }
+        // The check sends its own PROXY (not LOCAL) header, then the CONNECT.
+        assert!(!with.contains("check-send-proxy"));
+        assert_eq!(
+            lines_starting(&with, "tcp-check connect"),
+            vec!["tcp-check connect linger"]
+        );
+        let header = crate::load_balancer::proxy_header::health_check().unwrap();
+        let connect = mqtt_connect_packet(
+            HEALTH_CHECK_CLIENT_ID,
+            full().health_check_credentials.as_ref(),
+        )
+        .unwrap();
+        let sends = lines_starting(&with, "tcp-check send-binary");
+        assert_eq!(
+            sends[0],
+            format!("tcp-check send-binary {}{}", hex(&header), hex(&connect))
+        );
+        assert!(sends[0].starts_with("tcp-check send-binary 0d0a0d0a000d0a515549540a2111000c"));
 
         let without = render(&LbConfig {
             proxy_protocol: false,
@@ -1198,6 +1242,8 @@ mod tests {
         })
         .unwrap();
         assert!(!without.contains("send-proxy"));
+        assert!(without.contains("tcp-check connect default linger\n"));
+        assert!(without.contains(&format!("tcp-check send-binary {}\n", hex(&connect))));
     }
 
     #[test]

@@ -2,3 +2,4 @@
 //! code.
 
 pub mod haproxy_cfg;
+pub mod proxy_header;

@@ -227,7 +227,7 @@ impl Monitor {
 
     /// The driver for the cluster's broker version, made with the credentials Secret.
     async fn driver(&mut self, bc: &BrokerCluster) -> Result<Driver, String> {
-        let version = cluster_driver::version(bc);
+        let version = cluster_driver::driver_key(bc);
         if let Some((v, d)) = &self.driver {
             if *v == version {
                 return Ok(d.clone());

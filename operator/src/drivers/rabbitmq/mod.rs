@@ -71,6 +71,7 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::Value;
 use tracing::{debug, info};
 
+use super::mqtt_probe::ProxyHeader;
 use super::*;
 use crate::broker_config::rabbitmq::DATA_DIR;
 
@@ -138,6 +139,8 @@ const QUEUE_COLUMNS: &str =
 pub struct RabbitmqDriver {
     config: DriverConfig,
     http: reqwest::Client,
+    /// What the MQTT health check writes before its `CONNECT`.
+    mqtt_proxy_header: ProxyHeader,
 }
 
 impl RabbitmqDriver {
@@ -149,7 +152,18 @@ impl RabbitmqDriver {
                 op: "new",
                 why: format!("cannot build the HTTP client: {}", error_chain(&e)),
             })?;
-        Ok(Self { config, http })
+        Ok(Self {
+            config,
+            http,
+            mqtt_proxy_header: ProxyHeader::None,
+        })
+    }
+
+    /// The same driver, its MQTT health check sending `header` first (brokers behind a load
+    /// balancer with `loadBalancer.proxyProtocol` require one).
+    pub fn with_mqtt_proxy_header(mut self, header: ProxyHeader) -> Self {
+        self.mqtt_proxy_header = header;
+        self
     }
 
     /// See [`Driver::health`]: the node's local alarms, its MQTT listener, its virtual hosts
@@ -163,12 +177,13 @@ impl RabbitmqDriver {
             self.health_check(node, "health/checks/local-alarms"),
             self.health_check(node, "health/checks/protocol-listener/mqtt"),
             self.health_check(node, "health/checks/virtual-hosts"),
-            super::mqtt_probe::connect_check(
+            super::mqtt_probe::connect_check_with(
                 &node.host,
                 mqtt_port,
                 &self.config.username,
                 &self.config.password,
                 self.config.http_timeout,
+                self.mqtt_proxy_header,
             ),
         );
         let answers = [

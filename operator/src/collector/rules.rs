@@ -1,0 +1,397 @@
+//! Alert rules over a cluster's samples and its spec's thresholds (pure: no clock, no I/O).
+//!
+//! The collector owns the alerts named in [`names`]; membership repair raises its own
+//! (no majority, inconsistent membership, failed repair, unhealthy node).
+
+use std::sync::Arc;
+
+use mooring_crds::AlertThresholds;
+
+use super::sample::{NodeSample, Sample};
+use crate::alerts::{Alert, Labels, Severity};
+
+/// Names of the alerts the collector raises.
+pub mod names {
+    /// A node has not answered (or not run the broker) for [`super::NODE_DOWN_SAMPLES`] samples.
+    pub const NODE_DOWN: &str = "NodeDown";
+    /// A node uses more memory than `spec.monitoring.alerts.memoryPercent` of its limit.
+    pub const MEMORY_HIGH: &str = "NodeMemoryHigh";
+    /// The metered topics' dropped-message counts rose since the previous sample.
+    pub const MESSAGES_DROPPED: &str = "MessagesDropped";
+    /// The broker raised an alarm (one alert per alarm name and node).
+    pub const BROKER_ALARM: &str = "BrokerAlarm";
+    /// Every name above.
+    pub const ALL: [&str; 4] = [NODE_DOWN, MEMORY_HIGH, MESSAGES_DROPPED, BROKER_ALARM];
+}
+
+/// Consecutive samples a node must be down in before [`names::NODE_DOWN`] fires (one minute at
+/// 10 s): a Pod restarting in a rollout is down for less.
+pub const NODE_DOWN_SAMPLES: usize = 6;
+/// The same for a node never seen up (five minutes at 10 s).
+pub const NEW_NODE_DOWN_SAMPLES: usize = 30;
+
+/// Broker alarms that block publishers (RabbitMQ's memory and disk alarms): critical.
+const BLOCKING_ALARMS: [&str; 2] = ["memory", "disk"];
+
+/// An alert that should fire now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    /// One of [`names`].
+    pub name: &'static str,
+    /// Its labels (`node`, `pod`, `alarm`).
+    pub labels: Labels,
+    /// Its severity.
+    pub severity: Severity,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// What the rules concluded from the samples.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Evaluation {
+    /// The alerts that should fire; every other alert of [`names::ALL`] should not...
+    pub firing: Vec<Desired>,
+    /// ...except those named here: the newest sample could not tell (a call failed), so they
+    /// stay as they are.
+    pub unknown: Vec<&'static str>,
+}
+
+/// Evaluates every rule over `samples` (oldest first).
+pub fn evaluate(samples: &[Arc<Sample>], thresholds: &AlertThresholds) -> Evaluation {
+    let mut out = Evaluation::default();
+    let Some(latest) = samples.last() else {
+        out.unknown = names::ALL.to_vec();
+        return out;
+    };
+    node_down(samples, &mut out);
+    memory_high(latest, thresholds, &mut out);
+    match samples.len().checked_sub(2).map(|i| &samples[i]) {
+        Some(previous) if latest.topics.is_some() => messages_dropped(previous, latest, &mut out),
+        Some(_) => out.unknown.push(names::MESSAGES_DROPPED),
+        None => {}
+    }
+    match &latest.alarms {
+        Some(alarms) => {
+            for a in alarms {
+                let severity = if BLOCKING_ALARMS.contains(&a.name.as_str()) {
+                    Severity::Critical
+                } else {
+                    Severity::Warning
+                };
+                out.firing.push(Desired {
+                    name: names::BROKER_ALARM,
+                    labels: Labels::from([
+                        ("alarm".to_string(), a.name.clone()),
+                        ("node".to_string(), a.node.clone()),
+                    ]),
+                    severity,
+                    message: format!("broker alarm {} on {}: {}", a.name, a.node, a.message),
+                });
+            }
+        }
+        None => out.unknown.push(names::BROKER_ALARM),
+    }
+    out
+}
+
+/// The collector's alerts among `firing` (a cluster's firing alerts) that `evaluation` no longer
+/// wants, as (name, labels): every other alert is left alone (membership's, and those whose rule
+/// could not tell this time).
+pub fn resolutions(firing: &[Alert], evaluation: &Evaluation) -> Vec<(String, Labels)> {
+    firing
+        .iter()
+        .filter(|a| names::ALL.contains(&a.name.as_str()))
+        .filter(|a| !evaluation.unknown.contains(&a.name.as_str()))
+        .filter(|a| {
+            !evaluation
+                .firing
+                .iter()
+                .any(|d| d.name == a.name && d.labels == a.labels)
+        })
+        .map(|a| (a.name.clone(), a.labels.clone()))
+        .collect()
+}
+
+fn node_labels(n: &NodeSample) -> Labels {
+    Labels::from([
+        ("node".to_string(), n.node.to_string()),
+        ("pod".to_string(), n.pod.to_string()),
+    ])
+}
+
+/// Nodes down in each of the last [`NODE_DOWN_SAMPLES`] samples, or, for a node never seen up
+/// in the history (a new cluster or node still starting: image pulls, volume binding), in each
+/// of the last [`NEW_NODE_DOWN_SAMPLES`].
+fn node_down(samples: &[Arc<Sample>], out: &mut Evaluation) {
+    let Some(latest) = samples.last() else {
+        return;
+    };
+    let state_of = |s: &Sample, node: &str| s.nodes.iter().find(|m| &*m.node == node).map(|m| m.up);
+    for n in latest.nodes.iter().filter(|n| !n.up) {
+        let ever_up = samples.iter().any(|s| state_of(s, &n.node) == Some(true));
+        let needed = if ever_up {
+            NODE_DOWN_SAMPLES
+        } else {
+            NEW_NODE_DOWN_SAMPLES
+        };
+        let Some(from) = samples.len().checked_sub(needed) else {
+            continue;
+        };
+        if samples[from..]
+            .iter()
+            .all(|s| state_of(s, &n.node) == Some(false))
+        {
+            let why = n
+                .error
+                .clone()
+                .unwrap_or_else(|| "the broker application does not run".into());
+            out.firing.push(Desired {
+                name: names::NODE_DOWN,
+                labels: node_labels(n),
+                severity: Severity::Critical,
+                message: format!("{} ({}) is down: {why}", n.node, n.pod),
+            });
+        }
+    }
+}
+
+/// Nodes above the memory threshold (of their limit or high watermark).
+fn memory_high(latest: &Sample, thresholds: &AlertThresholds, out: &mut Evaluation) {
+    for n in &latest.nodes {
+        let (Some(used), Some(limit)) = (n.memory_used_bytes, n.memory_limit_bytes) else {
+            continue;
+        };
+        if limit == 0 {
+            continue;
+        }
+        let percent = used.saturating_mul(100) / limit;
+        if percent >= u64::try_from(thresholds.memory_percent).unwrap_or(100) {
+            out.firing.push(Desired {
+                name: names::MEMORY_HIGH,
+                labels: node_labels(n),
+                severity: Severity::Warning,
+                message: format!(
+                    "{} uses {percent}% of its memory limit ({used} of {limit} bytes), above {}%",
+                    n.node, thresholds.memory_percent
+                ),
+            });
+        }
+    }
+}
+
+/// Dropped messages counted between the previous sample and the newest.
+fn messages_dropped(previous: &Sample, latest: &Sample, out: &mut Evaluation) {
+    let (Some(before), Some(now)) = (previous.dropped(), latest.dropped()) else {
+        return;
+    };
+    // A counter that went down was reset (a node restarted): not a drop.
+    if now > before {
+        let seconds = latest.at.as_second() - previous.at.as_second();
+        out.firing.push(Desired {
+            name: names::MESSAGES_DROPPED,
+            labels: Labels::new(),
+            severity: Severity::Warning,
+            message: format!(
+                "{} messages were dropped on the metered topics in the last {seconds} s",
+                now - before
+            ),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collector::sample::tests::{down, sample, up};
+    use crate::drivers::{Alarm, TopicMetric};
+
+    const GIB: u64 = 1 << 30;
+
+    fn history(samples: Vec<Sample>) -> Vec<Arc<Sample>> {
+        samples.into_iter().map(Arc::new).collect()
+    }
+
+    fn named<'a>(e: &'a Evaluation, name: &str) -> Vec<&'a Desired> {
+        e.firing.iter().filter(|d| d.name == name).collect()
+    }
+
+    #[test]
+    fn a_node_is_down_only_after_it_failed_every_recent_sample() {
+        let t = AlertThresholds::default();
+        // Up once, then down.
+        let mut samples = vec![sample(0, vec![up(0, 1, GIB, 4 * GIB), up(1, 0, 0, 1)])];
+        samples.extend(
+            (1..NODE_DOWN_SAMPLES as i64)
+                .map(|i| sample(i * 10, vec![up(0, 1, GIB, 4 * GIB), down(1)])),
+        );
+        assert!(named(&evaluate(&history(samples.clone()), &t), names::NODE_DOWN).is_empty());
+        samples.push(sample(100, vec![up(0, 1, GIB, 4 * GIB), down(1)]));
+        let e = evaluate(&history(samples.clone()), &t);
+        let down_alerts = named(&e, names::NODE_DOWN);
+        assert_eq!(down_alerts.len(), 1);
+        assert_eq!(down_alerts[0].labels["node"], "emqx@bus-1");
+        assert_eq!(down_alerts[0].labels["pod"], "bus-1");
+        assert_eq!(down_alerts[0].severity, Severity::Critical);
+        assert!(
+            down_alerts[0].message.contains("no answer"),
+            "{}",
+            down_alerts[0].message
+        );
+        // One answer in the window (a restart that came back) and it does not fire.
+        let i = samples.len() - 3;
+        samples[i] = sample(70, vec![up(0, 1, GIB, 4 * GIB), up(1, 0, 0, 1)]);
+        assert!(named(&evaluate(&history(samples), &t), names::NODE_DOWN).is_empty());
+    }
+
+    #[test]
+    fn a_node_never_seen_up_gets_longer_to_start() {
+        let t = AlertThresholds::default();
+        let mut samples: Vec<Sample> = (0..NEW_NODE_DOWN_SAMPLES as i64 - 1)
+            .map(|i| sample(i * 10, vec![down(0)]))
+            .collect();
+        assert!(named(&evaluate(&history(samples.clone()), &t), names::NODE_DOWN).is_empty());
+        samples.push(sample(1000, vec![down(0)]));
+        assert_eq!(
+            named(&evaluate(&history(samples), &t), names::NODE_DOWN).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_node_that_answers_without_running_the_broker_is_down() {
+        let mut n = up(0, 0, 0, 1);
+        n.up = false;
+        let samples = (0..NEW_NODE_DOWN_SAMPLES as i64)
+            .map(|i| sample(i, vec![n.clone()]))
+            .collect();
+        let e = evaluate(&history(samples), &AlertThresholds::default());
+        assert!(named(&e, names::NODE_DOWN)[0]
+            .message
+            .contains("does not run"));
+    }
+
+    #[test]
+    fn memory_above_the_threshold_alerts_per_node() {
+        let t = AlertThresholds {
+            memory_percent: 75,
+            ..AlertThresholds::default()
+        };
+        let s = history(vec![sample(
+            0,
+            vec![
+                up(0, 0, 3 * GIB, 4 * GIB),
+                up(1, 0, 2 * GIB, 4 * GIB),
+                down(2),
+            ],
+        )]);
+        let e = evaluate(&s, &t);
+        let high = named(&e, names::MEMORY_HIGH);
+        assert_eq!(high.len(), 1);
+        assert_eq!(high[0].labels["node"], "emqx@bus-0");
+        assert!(high[0].message.contains("75%"), "{}", high[0].message);
+        assert!(e.unknown.is_empty());
+    }
+
+    fn with_drops(second: i64, dropped: Option<u64>) -> Sample {
+        let mut s = sample(second, vec![]);
+        s.topics = Some(vec![TopicMetric {
+            topic: "t".into(),
+            messages_dropped: dropped,
+            ..TopicMetric::default()
+        }]);
+        s
+    }
+
+    #[test]
+    fn rising_drops_alert_and_a_reset_counter_does_not() {
+        let t = AlertThresholds::default();
+        let e = evaluate(
+            &history(vec![with_drops(0, Some(5)), with_drops(10, Some(9))]),
+            &t,
+        );
+        let d = named(&e, names::MESSAGES_DROPPED);
+        assert_eq!(d.len(), 1);
+        assert!(d[0].message.starts_with("4 messages"), "{}", d[0].message);
+        assert!(d[0].message.contains("10 s"), "{}", d[0].message);
+        for pair in [
+            vec![with_drops(0, Some(9)), with_drops(10, Some(9))],
+            vec![with_drops(0, Some(9)), with_drops(10, Some(2))],
+            vec![with_drops(0, None), with_drops(10, Some(2))],
+        ] {
+            assert!(named(&evaluate(&history(pair), &t), names::MESSAGES_DROPPED).is_empty());
+        }
+        let mut failed = with_drops(10, None);
+        failed.topics = None;
+        let e = evaluate(&history(vec![with_drops(0, Some(1)), failed]), &t);
+        assert_eq!(e.unknown, [names::MESSAGES_DROPPED]);
+    }
+
+    #[test]
+    fn only_the_collectors_known_alerts_that_are_no_longer_wanted_are_resolved() {
+        let alert = |name: &str, node: &str| Alert {
+            cluster: "ns/b".into(),
+            name: name.into(),
+            labels: if node.is_empty() {
+                Labels::new()
+            } else {
+                Labels::from([("node".to_string(), node.to_string())])
+            },
+            severity: Severity::Warning,
+            message: String::new(),
+            since: k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        };
+        let firing = vec![
+            alert(names::MEMORY_HIGH, "a"),
+            alert(names::MEMORY_HIGH, "b"),
+            alert(names::BROKER_ALARM, "a"),
+            alert("MembershipNoMajority", ""),
+        ];
+        let evaluation = Evaluation {
+            firing: vec![Desired {
+                name: names::MEMORY_HIGH,
+                labels: Labels::from([("node".to_string(), "a".to_string())]),
+                severity: Severity::Warning,
+                message: String::new(),
+            }],
+            unknown: vec![names::BROKER_ALARM],
+        };
+        assert_eq!(
+            resolutions(&firing, &evaluation),
+            [(
+                names::MEMORY_HIGH.to_string(),
+                Labels::from([("node".to_string(), "b".to_string())])
+            )]
+        );
+    }
+
+    #[test]
+    fn broker_alarms_are_forwarded_by_name_and_node() {
+        let mut s = sample(0, vec![]);
+        s.alarms = Some(vec![
+            Alarm {
+                node: "rabbit@bus-0".into(),
+                name: "memory".into(),
+                message: "memory alarm".into(),
+                activated_at: None,
+            },
+            Alarm {
+                node: "emqx@bus-1".into(),
+                name: "high_system_memory_usage".into(),
+                message: "92%".into(),
+                activated_at: None,
+            },
+        ]);
+        let e = evaluate(&history(vec![s.clone()]), &AlertThresholds::default());
+        let alarms = named(&e, names::BROKER_ALARM);
+        assert_eq!(alarms.len(), 2);
+        assert_eq!(alarms[0].labels["alarm"], "memory");
+        assert_eq!(alarms[0].severity, Severity::Critical);
+        assert_eq!(alarms[1].labels["node"], "emqx@bus-1");
+        assert_eq!(alarms[1].severity, Severity::Warning);
+
+        s.alarms = None;
+        let e = evaluate(&history(vec![s]), &AlertThresholds::default());
+        assert_eq!(e.unknown, [names::BROKER_ALARM]);
+        assert!(evaluate(&[], &AlertThresholds::default()).unknown.len() == names::ALL.len());
+    }
+}
