@@ -55,6 +55,8 @@ pub struct NodeFigures {
     pub up: bool,
     /// Client connections.
     pub connections: Option<u64>,
+    /// The most connections it can hold.
+    pub connections_limit: Option<u64>,
     /// Memory used, in bytes.
     pub memory_used_bytes: Option<u64>,
     /// Its memory limit or high watermark, in bytes.
@@ -102,6 +104,8 @@ pub struct Metrics {
     pub node_up: Family<NodeLabels, Gauge>,
     /// Client connections per node.
     pub node_connections: Family<NodeLabels, Gauge>,
+    /// The most connections a node can hold.
+    pub node_connections_limit: Family<NodeLabels, Gauge>,
     /// Memory used per node, in bytes.
     pub node_memory_used: Family<NodeLabels, Gauge>,
     /// Memory limit (or high watermark) per node, in bytes.
@@ -130,6 +134,7 @@ impl Metrics {
             collector_call_failures: Family::default(),
             node_up: Family::default(),
             node_connections: Family::default(),
+            node_connections_limit: Family::default(),
             node_memory_used: Family::default(),
             node_memory_limit: Family::default(),
             cluster_nodes_up: Family::default(),
@@ -206,6 +211,11 @@ impl Metrics {
             m.node_connections.clone(),
         );
         registry.register(
+            "mooring_node_connections_limit",
+            "The most client connections a broker node can hold (its file descriptor or socket limit)",
+            m.node_connections_limit.clone(),
+        );
+        registry.register(
             "mooring_node_memory_used_bytes",
             "Memory used per broker node",
             m.node_memory_used.clone(),
@@ -239,6 +249,7 @@ impl Metrics {
             .set(i64::from(figures.up));
         for (family, value) in [
             (&self.node_connections, figures.connections),
+            (&self.node_connections_limit, figures.connections_limit),
             (&self.node_memory_used, figures.memory_used_bytes),
             (&self.node_memory_limit, figures.memory_limit_bytes),
         ] {
@@ -264,6 +275,7 @@ impl Metrics {
         for family in [
             &self.node_up,
             &self.node_connections,
+            &self.node_connections_limit,
             &self.node_memory_used,
             &self.node_memory_limit,
         ] {
@@ -372,6 +384,7 @@ mod tests {
         let figures = NodeFigures {
             up: true,
             connections: Some(42),
+            connections_limit: Some(1000),
             memory_used_bytes: Some(1024),
             memory_limit_bytes: None,
         };
@@ -386,6 +399,7 @@ mod tests {
             "mooring_node_up{cluster=\"iot/bus\",node=\"emqx@bus-0\"} 1",
             "mooring_node_up{cluster=\"iot/bus\",node=\"emqx@bus-1\"} 0",
             "mooring_node_connections{cluster=\"iot/bus\",node=\"emqx@bus-0\"} 42",
+            "mooring_node_connections_limit{cluster=\"iot/bus\",node=\"emqx@bus-0\"} 1000",
             "mooring_node_memory_used_bytes{cluster=\"iot/bus\",node=\"emqx@bus-0\"} 1024",
             "mooring_cluster_nodes_up{cluster=\"iot/bus\"} 1",
             "mooring_cluster_connections{cluster=\"iot/bus\"} 42",

@@ -135,6 +135,7 @@ async fn a_round_samples_every_node_within_the_call_time_limit() {
     assert!(n0.up, "{n0:?}");
     assert_eq!(&*n0.node, NODE0);
     assert_eq!(n0.version.as_deref(), Some("5.8.9"));
+    assert_eq!(n0.connections_limit, Some(1_048_576));
     assert_eq!(n0.connections, Some(10), "live connections");
     assert!(n0.memory_used_bytes.is_some_and(|m| m > 1_000_000_000));
     let e1 = sample.nodes[1].error.as_deref().unwrap();

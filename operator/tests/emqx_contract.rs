@@ -1111,6 +1111,7 @@ async fn node_stats_of_5_8_read_live_connections_and_kmg_memory() {
     assert_eq!(stats.memory_used_bytes, Some(1_288_490_189), "1.20G");
     assert_eq!(stats.memory_limit_bytes, Some(8_214_124_954), "7.65G");
     assert_eq!(stats.uptime_seconds, Some(5120));
+    assert_eq!(stats.connections_limit, Some(1_048_576), "max_fds");
 }
 
 #[tokio::test]

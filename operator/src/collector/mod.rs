@@ -9,6 +9,13 @@
 //! cluster's bounded [`History`] (one hour at 10 s), into the per-node and per-cluster gauges at
 //! `/metrics`, and through the [`rules`] (pure) into the alerts registry, which records the
 //! transitions and sends them to webhooks; the collector turns each transition into an Event.
+//!
+//! Its rules: a node down (one minute; five for a node never seen up), memory and connections
+//! above `spec.monitoring.alerts` (of the node's memory limit and of the most connections it
+//! can hold), dropped messages rising on the metered topics, and every broker alarm. Membership
+//! repair raises its own alerts (no majority, inconsistent membership, failed repair, unhealthy
+//! node) through the same registry. Not evaluated yet: CPU (`cpuPercent`; the drivers report no
+//! CPU use) and load balancer backends.
 
 pub mod poller;
 pub mod rules;

@@ -256,6 +256,7 @@ impl Collector {
                 NodeFigures {
                     up: n.up,
                     connections: n.connections,
+                    connections_limit: n.connections_limit,
                     memory_used_bytes: n.memory_used_bytes,
                     memory_limit_bytes: n.memory_limit_bytes,
                 },

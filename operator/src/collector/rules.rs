@@ -16,12 +16,21 @@ pub mod names {
     pub const NODE_DOWN: &str = "NodeDown";
     /// A node uses more memory than `spec.monitoring.alerts.memoryPercent` of its limit.
     pub const MEMORY_HIGH: &str = "NodeMemoryHigh";
+    /// A node holds more connections than `spec.monitoring.alerts.connectionsPercent` of the most
+    /// it can hold.
+    pub const CONNECTIONS_NEAR_LIMIT: &str = "NodeConnectionsNearLimit";
     /// The metered topics' dropped-message counts rose since the previous sample.
     pub const MESSAGES_DROPPED: &str = "MessagesDropped";
     /// The broker raised an alarm (one alert per alarm name and node).
     pub const BROKER_ALARM: &str = "BrokerAlarm";
     /// Every name above.
-    pub const ALL: [&str; 4] = [NODE_DOWN, MEMORY_HIGH, MESSAGES_DROPPED, BROKER_ALARM];
+    pub const ALL: [&str; 5] = [
+        NODE_DOWN,
+        MEMORY_HIGH,
+        CONNECTIONS_NEAR_LIMIT,
+        MESSAGES_DROPPED,
+        BROKER_ALARM,
+    ];
 }
 
 /// Consecutive samples a node must be down in before [`names::NODE_DOWN`] fires (one minute at
@@ -30,8 +39,10 @@ pub const NODE_DOWN_SAMPLES: usize = 6;
 /// The same for a node never seen up (five minutes at 10 s).
 pub const NEW_NODE_DOWN_SAMPLES: usize = 30;
 
-/// Broker alarms that block publishers (RabbitMQ's memory and disk alarms): critical.
-const BLOCKING_ALARMS: [&str; 2] = ["memory", "disk"];
+/// Broker alarms that are critical: RabbitMQ's memory and disk alarms block every publisher, and
+/// a partition splits the cluster (the names of [`crate::drivers::rabbitmq`]'s alarms). The
+/// others (EMQX's, which warn before a limit) are warnings.
+const CRITICAL_ALARMS: [&str; 3] = ["memory", "disk_free", "partition"];
 
 /// An alert that should fire now.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,6 +76,7 @@ pub fn evaluate(samples: &[Arc<Sample>], thresholds: &AlertThresholds) -> Evalua
     };
     node_down(samples, &mut out);
     memory_high(latest, thresholds, &mut out);
+    connections_near_limit(latest, thresholds, &mut out);
     match samples.len().checked_sub(2).map(|i| &samples[i]) {
         Some(previous) if latest.topics.is_some() => messages_dropped(previous, latest, &mut out),
         Some(_) => out.unknown.push(names::MESSAGES_DROPPED),
@@ -73,7 +85,7 @@ pub fn evaluate(samples: &[Arc<Sample>], thresholds: &AlertThresholds) -> Evalua
     match &latest.alarms {
         Some(alarms) => {
             for a in alarms {
-                let severity = if BLOCKING_ALARMS.contains(&a.name.as_str()) {
+                let severity = if CRITICAL_ALARMS.contains(&a.name.as_str()) {
                     Severity::Critical
                 } else {
                     Severity::Warning
@@ -173,6 +185,30 @@ fn memory_high(latest: &Sample, thresholds: &AlertThresholds, out: &mut Evaluati
                 message: format!(
                     "{} uses {percent}% of its memory limit ({used} of {limit} bytes), above {}%",
                     n.node, thresholds.memory_percent
+                ),
+            });
+        }
+    }
+}
+
+/// Nodes above the connections threshold (of the most connections they can hold).
+fn connections_near_limit(latest: &Sample, thresholds: &AlertThresholds, out: &mut Evaluation) {
+    for n in &latest.nodes {
+        let (Some(connections), Some(limit)) = (n.connections, n.connections_limit) else {
+            continue;
+        };
+        if limit == 0 {
+            continue;
+        }
+        let percent = connections.saturating_mul(100) / limit;
+        if percent >= u64::try_from(thresholds.connections_percent).unwrap_or(100) {
+            out.firing.push(Desired {
+                name: names::CONNECTIONS_NEAR_LIMIT,
+                labels: node_labels(n),
+                severity: Severity::Warning,
+                message: format!(
+                    "{} holds {connections} connections, {percent}% of the {limit} it can hold, above {}%",
+                    n.node, thresholds.connections_percent
                 ),
             });
         }
@@ -292,6 +328,30 @@ mod tests {
         assert!(e.unknown.is_empty());
     }
 
+    #[test]
+    fn connections_near_the_limit_alert_per_node_when_the_limit_is_known() {
+        let t = AlertThresholds {
+            connections_percent: 80,
+            ..AlertThresholds::default()
+        };
+        // The test nodes can hold 1000 connections.
+        let mut unknown = up(2, 990, 0, 1);
+        unknown.connections_limit = None;
+        let s = history(vec![sample(
+            0,
+            vec![up(0, 800, 0, 1), up(1, 799, 0, 1), unknown],
+        )]);
+        let e = evaluate(&s, &t);
+        let near = named(&e, names::CONNECTIONS_NEAR_LIMIT);
+        assert_eq!(near.len(), 1);
+        assert_eq!(near[0].labels["node"], "emqx@bus-0");
+        assert!(
+            near[0].message.contains("80% of the 1000"),
+            "{}",
+            near[0].message
+        );
+    }
+
     fn with_drops(second: i64, dropped: Option<u64>) -> Sample {
         let mut s = sample(second, vec![]);
         s.topics = Some(vec![TopicMetric {
@@ -380,14 +440,22 @@ mod tests {
                 message: "92%".into(),
                 activated_at: None,
             },
+            Alarm {
+                node: "rabbit@bus-1".into(),
+                name: "disk_free".into(),
+                message: "disk alarm".into(),
+                activated_at: None,
+            },
         ]);
         let e = evaluate(&history(vec![s.clone()]), &AlertThresholds::default());
         let alarms = named(&e, names::BROKER_ALARM);
-        assert_eq!(alarms.len(), 2);
+        assert_eq!(alarms.len(), 3);
         assert_eq!(alarms[0].labels["alarm"], "memory");
         assert_eq!(alarms[0].severity, Severity::Critical);
         assert_eq!(alarms[1].labels["node"], "emqx@bus-1");
         assert_eq!(alarms[1].severity, Severity::Warning);
+        assert_eq!(alarms[2].labels["alarm"], "disk_free");
+        assert_eq!(alarms[2].severity, Severity::Critical);
 
         s.alarms = None;
         let e = evaluate(&history(vec![s]), &AlertThresholds::default());

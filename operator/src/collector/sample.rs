@@ -12,7 +12,7 @@ use crate::drivers::{Alarm, NodeStats, TopicMetric};
 pub const HISTORY_LEN: usize = 360;
 
 /// One broker node in a sample: figures only, its names shared with the previous sample
-/// ([`Sample::share_names`]), so that an hour of samples stays small (about 150 bytes per node
+/// ([`Sample::share_names`]), so that an hour of samples stays small (about 170 bytes per node
 /// and sample).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct NodeSample {
@@ -26,6 +26,8 @@ pub struct NodeSample {
     pub up: bool,
     /// Client connections.
     pub connections: Option<u64>,
+    /// The most connections it can hold, when the broker tells.
+    pub connections_limit: Option<u64>,
     /// Memory used, in bytes.
     pub memory_used_bytes: Option<u64>,
     /// The memory the broker may use (its limit or high watermark), in bytes.
@@ -47,6 +49,7 @@ impl NodeSample {
             node: node.into(),
             up: stats.running,
             connections: stats.connections,
+            connections_limit: stats.connections_limit,
             memory_used_bytes: stats.memory_used_bytes,
             memory_limit_bytes: stats.memory_limit_bytes,
             uptime_seconds: stats.uptime_seconds,
@@ -62,6 +65,7 @@ impl NodeSample {
             node: node.into(),
             up: false,
             connections: None,
+            connections_limit: None,
             memory_used_bytes: None,
             memory_limit_bytes: None,
             uptime_seconds: None,
@@ -262,6 +266,7 @@ pub(crate) mod tests {
                 connections: Some(connections),
                 memory_used_bytes: Some(used),
                 memory_limit_bytes: Some(limit),
+                connections_limit: Some(1000),
                 version: Some("5.8.9".into()),
                 ..NodeStats::default()
             },
@@ -288,7 +293,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_node_sample_is_small_and_serializes_its_names_as_text() {
-        assert!(std::mem::size_of::<NodeSample>() <= 160);
+        assert!(std::mem::size_of::<NodeSample>() <= 176);
         let json = serde_json::to_value(up(0, 1, 2, 3)).unwrap();
         assert_eq!(json["node"], "emqx@bus-0");
         assert_eq!(json["version"], "5.8.9");

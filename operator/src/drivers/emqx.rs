@@ -734,6 +734,7 @@ fn node_stats_of(fallback: &str, info: NodeInfo) -> NodeStats {
         memory_used_bytes: info.memory_used.as_ref().and_then(parse_kmg),
         memory_limit_bytes: info.memory_total.as_ref().and_then(parse_kmg),
         uptime_seconds: info.uptime.map(|ms| ms / 1000),
+        connections_limit: info.max_fds,
     }
 }
 
@@ -825,6 +826,9 @@ struct NodeInfo {
     connections: Option<u64>,
     #[serde(deserialize_with = "lenient_u64")]
     live_connections: Option<u64>,
+    /// The node's file descriptor limit: the most connections it can hold.
+    #[serde(deserialize_with = "lenient_u64")]
+    max_fds: Option<u64>,
     memory_total: Option<Value>,
     memory_used: Option<Value>,
 }
@@ -1134,11 +1138,12 @@ mod tests {
         let info: NodeInfo = serde_json::from_value(json!({
             "node": "emqx@a", "node_status": "running", "role": "core", "version": "5.8.9",
             "uptime": 5_120_999, "connections": 12, "live_connections": 10,
-            "memory_total": "7.65G", "memory_used": "1.20G"
+            "memory_total": "7.65G", "memory_used": "1.20G", "max_fds": 1_048_576
         }))
         .unwrap();
         let stats = node_stats_of("emqx@a", info);
         assert_eq!(stats.connections, Some(10));
+        assert_eq!(stats.connections_limit, Some(1_048_576));
         assert_eq!(stats.uptime_seconds, Some(5120));
         assert_eq!(stats.memory_used_bytes, Some(1_288_490_189));
         let stopped: NodeInfo =
@@ -1149,6 +1154,7 @@ mod tests {
             (stats.role, stats.connections, stats.uptime_seconds),
             (None, None, None)
         );
+        assert_eq!(stats.connections_limit, None);
     }
 
     #[test]

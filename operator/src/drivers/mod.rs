@@ -234,6 +234,10 @@ pub struct NodeStats {
     pub memory_limit_bytes: Option<u64>,
     /// Uptime in seconds.
     pub uptime_seconds: Option<u64>,
+    /// The most client connections the node can hold, when the broker tells: every connection
+    /// takes a file descriptor (EMQX `max_fds`) or a socket (RabbitMQ `sockets_total`, else
+    /// `fd_total`).
+    pub connections_limit: Option<u64>,
 }
 
 /// Why a driver call failed.

@@ -126,7 +126,7 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 const NODES_PATH: &str = "/nodes?columns=name,running,type,partitions,mem_alarm,disk_free_alarm";
-const NODE_COLUMNS: &str = "name,running,type,mem_used,mem_limit,uptime";
+const NODE_COLUMNS: &str = "name,running,type,mem_used,mem_limit,uptime,sockets_total,fd_total";
 const OVERVIEW_PATH: &str = "/overview?columns=node,rabbitmq_version,product_version";
 const CONNECTIONS_PATH: &str = "/connections?columns=name,node,user,peer_host,peer_port,\
     connected_at,protocol,client_properties,variable_map";

@@ -90,6 +90,12 @@ pub(super) struct ApiNode {
     /// Milliseconds.
     #[serde(default, deserialize_with = "lenient_u64")]
     pub(super) uptime: Option<u64>,
+    /// The node's socket limit (gone from newer versions, where `fd_total` stands in).
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub(super) sockets_total: Option<u64>,
+    /// The node's file descriptor limit.
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub(super) fd_total: Option<u64>,
 }
 
 /// `/api/overview`.
@@ -384,6 +390,7 @@ pub(super) fn node_stats_of(
         memory_used_bytes: info.mem_used,
         memory_limit_bytes: info.mem_limit,
         uptime_seconds: info.uptime.map(|ms| ms / 1000),
+        connections_limit: info.sockets_total.or(info.fd_total),
     }
 }
 
@@ -494,8 +501,16 @@ mod tests {
         assert_eq!(s.memory_limit_bytes, Some(512_000_000));
         assert!(s.memory_used_bytes.unwrap() > 0);
         assert_eq!(s.uptime_seconds, Some(176));
+        assert_eq!(s.connections_limit, Some(17910), "sockets_total");
+        let fds_only = ApiNode {
+            fd_total: Some(20000),
+            ..ApiNode::default()
+        };
+        let f = node_stats_of("x@y", &fds_only, &overview, &conns);
+        assert_eq!(f.connections_limit, Some(20000));
         let other = node_stats_of("x@y", &ApiNode::default(), &overview, &conns);
         assert_eq!((other.node.as_str(), other.connections), ("x@y", Some(0)));
+        assert_eq!(other.connections_limit, None);
     }
 
     #[test]
