@@ -401,6 +401,10 @@ async fn start(state: &StateDir, opts: &UpOptions, daemons: &mut Vec<Daemon>) ->
         format!("--kubeconfig={}", files.scheduler_kubeconfig.display()),
         "--leader-elect=false".to_string(),
         "--secure-port=0".to_string(),
+        // A Pod found unschedulable before its claim was bound waits for a cluster event to be
+        // tried again; once in CI none came and the Pod stayed Pending for 4 minutes (the default
+        // is 5). Retry such Pods within seconds: devcluster is one node with nothing to wait for.
+        "--pod-max-in-unschedulable-pods-duration=10s".to_string(),
     ];
     let sched_bin = bins.join("kube-scheduler");
     spawn(
