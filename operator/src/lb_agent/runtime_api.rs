@@ -761,21 +761,16 @@ impl AdminApi {
         server: &str,
         state: ServerAdminState,
     ) -> Result<(), RuntimeError> {
-        let command = cmd_set_state(backend, server, state)?;
-        let answer = self.client.send(&command).await?;
-        if answer.trim().is_empty() {
-            Ok(())
-        } else {
-            Err(RuntimeError::Refused {
-                command,
-                answer: cut(answer.trim(), 200),
-            })
-        }
+        self.silent(cmd_set_state(backend, server, state)?).await
     }
 
     /// Forgets every client stuck to server `server_id` in the stick table of `table`.
     pub async fn clear_sticky(&self, table: &str, server_id: u32) -> Result<(), RuntimeError> {
-        let command = cmd_clear_sticky(table, server_id)?;
+        self.silent(cmd_clear_sticky(table, server_id)?).await
+    }
+
+    /// Sends a command that answers nothing on success; any answer is a refusal.
+    async fn silent(&self, command: String) -> Result<(), RuntimeError> {
         let answer = self.client.send(&command).await?;
         if answer.trim().is_empty() {
             Ok(())
