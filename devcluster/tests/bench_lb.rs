@@ -301,28 +301,6 @@ fn own_cpu_seconds() -> f64 {
         / ticks_per_second
 }
 
-/// How many servers of the `mqtt` backend HAProxy at `ip` reports UP (its Prometheus exporter).
-async fn servers_up(ip: &str) -> usize {
-    let out = tokio::process::Command::new("curl")
-        .args([
-            "-s",
-            "--max-time",
-            "3",
-            &format!("http://{ip}:8404/metrics"),
-        ])
-        .output()
-        .await
-        .expect("run curl");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| {
-            l.starts_with("haproxy_server_status{proxy=\"mqtt\"")
-                && l.contains("state=\"UP\"")
-                && l.ends_with(" 1")
-        })
-        .count()
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     // Nearest rank.
     let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;

@@ -90,28 +90,6 @@ fn probe(host: &str, bytes: &[u8]) -> Vec<u8> {
     }
 }
 
-/// How many servers of the `mqtt` backend HAProxy at `ip` reports UP (its Prometheus exporter).
-async fn servers_up(ip: &str) -> usize {
-    let out = tokio::process::Command::new("curl")
-        .args([
-            "-s",
-            "--max-time",
-            "3",
-            &format!("http://{ip}:8404/metrics"),
-        ])
-        .output()
-        .await
-        .expect("run curl");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| {
-            l.starts_with("haproxy_server_status{proxy=\"mqtt\"")
-                && l.contains("state=\"UP\"")
-                && l.ends_with(" 1")
-        })
-        .count()
-}
-
 fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i:02}")).collect()
 }

@@ -23,16 +23,12 @@ use mooring_operator::load_balancer::haproxy_cfg::{
 };
 use ServerAdminState::{Drain, Maint, Ready};
 
+mod support;
+
 const HINT: &str = "install them with: apt-get install -y haproxy mosquitto mosquitto-clients";
 
-/// Finds a program on PATH or in the sbin directories (mosquitto and haproxy live in /usr/sbin).
 fn binary(name: &str) -> PathBuf {
-    let path = std::env::var("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("`{name}` is not installed (needed by this test): {HINT}"))
+    support::binary(name, HINT)
 }
 
 fn free_port() -> u16 {

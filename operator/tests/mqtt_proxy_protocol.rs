@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,9 @@ use rumqttc::ConnectReturnCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+mod support;
+use support::{binary, free_ports};
+
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 const CTL_DIR: &str = "/usr/lib/rabbitmq/bin";
 const NODE_IP: &str = "127.0.0.2";
@@ -48,33 +51,6 @@ const USER: &str = "mooring";
 const PASSWORD: &str = "not-a-secret-0";
 const COOKIE: &str = "MOORINGPROXYTESTCOOKIE";
 const CLIENT_ID: &str = "proxied-client";
-
-/// `n` ports free on 127.0.0.1 and on [`NODE_IP`].
-fn free_ports<const N: usize>() -> [u16; N] {
-    let mut held = Vec::new();
-    let mut ports = [0u16; N];
-    let mut i = 0;
-    while i < N {
-        let a = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1");
-        let port = a.local_addr().expect("an address").port();
-        if let Ok(b) = TcpListener::bind((NODE_IP, port)) {
-            ports[i] = port;
-            held.push((a, b));
-            i += 1;
-        }
-    }
-    ports
-}
-
-/// Finds a program on PATH or in the sbin directories (haproxy lives in /usr/sbin).
-fn binary(name: &str) -> PathBuf {
-    let path = std::env::var("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("`{name}` is not installed: apt-get install -y {name}"))
-}
 
 #[derive(Clone, Copy, Debug)]
 struct Ports {
@@ -109,7 +85,8 @@ impl Lab {
             std::env::temp_dir().join(format!("mooring-proxy-protocol-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create the test directory");
-        let [amqp, management, mqtt, web_mqtt, epmd, dist, lb_mqtt, lb_stats] = free_ports::<8>();
+        let [amqp, management, mqtt, web_mqtt, epmd, dist, lb_mqtt, lb_stats] =
+            free_ports::<8>(NODE_IP.parse().expect("an IPv4 address"));
         let ports = Ports {
             amqp,
             management,
@@ -226,7 +203,7 @@ impl Lab {
         fs::write(&path, cfg).expect("write haproxy.cfg");
         let log = fs::File::create(self.dir.join("haproxy.log")).expect("create haproxy.log");
         let err = log.try_clone().expect("clone haproxy.log");
-        let child = Command::new(binary("haproxy"))
+        let child = Command::new(binary("haproxy", "apt-get install -y haproxy"))
             .arg("-db")
             .arg("-f")
             .arg(&path)

@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -38,6 +38,9 @@ use mooring_operator::drivers::{
 };
 use mooring_operator::pod_command::{CommandOutput, PodCommandError};
 
+mod support;
+use support::free_ports;
+
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 const CTL_DIR: &str = "/usr/lib/rabbitmq/bin";
 const USER: &str = "mooring";
@@ -52,23 +55,6 @@ struct Ports {
     mqtt: u16,
     epmd: u16,
     dist: [u16; 2],
-}
-
-/// A port free on 127.0.0.1 and 127.0.0.2.
-fn free_ports<const N: usize>() -> [u16; N] {
-    let mut held = Vec::new();
-    let mut ports = [0u16; N];
-    let mut i = 0;
-    while i < N {
-        let a = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 1), 0)).expect("bind 127.0.0.1");
-        let port = a.local_addr().unwrap().port();
-        if let Ok(b) = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 2), port)) {
-            ports[i] = port;
-            held.push((a, b));
-            i += 1;
-        }
-    }
-    ports
 }
 
 /// One RabbitMQ node of the test.
@@ -190,7 +176,8 @@ impl Lab {
             std::env::temp_dir().join(format!("mooring-rabbitmq-driver-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let [amqp, management, mqtt, epmd, dist1, dist2] = free_ports::<6>();
+        let [amqp, management, mqtt, epmd, dist1, dist2] =
+            free_ports::<6>(Ipv4Addr::new(127, 0, 0, 2));
         let ports = Ports {
             amqp,
             management,

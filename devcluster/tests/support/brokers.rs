@@ -527,6 +527,28 @@ async fn all_clients(
     }
 }
 
+/// How many servers of the `mqtt` backend HAProxy at `ip` reports UP (its Prometheus exporter).
+pub async fn servers_up(ip: &str) -> usize {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "3",
+            &format!("http://{ip}:8404/metrics"),
+        ])
+        .output()
+        .await
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            l.starts_with("haproxy_server_status{proxy=\"mqtt\"")
+                && l.contains("state=\"UP\"")
+                && l.ends_with(" 1")
+        })
+        .count()
+}
+
 /// A long-lived MQTT client (`mosquitto_sub`) connected to `host`; killed when dropped.
 pub fn mqtt_client(host: &str, id: &str) -> tokio::process::Child {
     tokio::process::Command::new("mosquitto_sub")
