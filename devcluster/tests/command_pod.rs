@@ -77,7 +77,7 @@ async fn rabbitmqctl_runs_in_a_command_pod_over_erlang_distribution() {
             duration: Duration::from_secs(5),
         };
         let scope = Scope {
-            namespace: Some(NS.into()),
+            namespaces: vec![NS.into()],
             ..Scope::default()
         };
         tokio::spawn(

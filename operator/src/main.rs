@@ -46,9 +46,9 @@ struct RunArgs {
     /// Address of the HTTP server (health, metrics, dashboard).
     #[arg(long, env = "MOORING_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
-    /// Watch only this namespace (default: all).
-    #[arg(long, env = "MOORING_WATCH_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces (repeat the flag, or separate with commas; default: all).
+    #[arg(long = "namespace", env = "MOORING_WATCH_NAMESPACE", value_delimiter = ',')]
+    namespaces: Vec<String>,
     /// Namespace of the leader Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
@@ -118,7 +118,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown.clone().cancelled_owned(),
     ));
 
-    if wait_for_crd(&client, args.namespace.as_deref(), &shutdown).await {
+    if wait_for_crd(&client, &args.namespaces, &shutdown).await {
         state.set_ready(true);
         let identity = args.identity.clone().unwrap_or_else(default_identity);
         let lease = LeaseConfig {
@@ -128,7 +128,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             duration: Duration::from_secs(args.lease_seconds),
         };
         let scope = Scope {
-            namespace: args.namespace.clone(),
+            namespaces: args.namespaces.clone(),
             concurrency: args.concurrency,
             lb_images: LbImages {
                 haproxy: args.haproxy_image.clone(),

@@ -61,15 +61,24 @@ pub async fn lead_and_control(
                 }
             }
         };
-        // Telemetry and alerts while leading; it stops with the membership monitors.
-        let collector = tokio::spawn(collector::run(
-            ctx.clone(),
-            scope.namespace.clone(),
-            ctx.membership.shutdown.child_token(),
-        ));
+        // Telemetry and alerts while leading (one collector per watched namespace); they stop
+        // with the membership monitors.
+        let collectors: Vec<_> = scope
+            .watches()
+            .into_iter()
+            .map(|ns| {
+                tokio::spawn(collector::run(
+                    ctx.clone(),
+                    ns,
+                    ctx.membership.shutdown.child_token(),
+                ))
+            })
+            .collect();
         controller::run(ctx, scope.clone(), stop).await;
-        if let Err(e) = collector.await {
-            warn!(error = %e, "telemetry collector task failed");
+        for collector in collectors {
+            if let Err(e) = collector.await {
+                warn!(error = %e, "telemetry collector task failed");
+            }
         }
         state.metrics.leader.set(0);
         if shutdown.is_cancelled() {
@@ -86,24 +95,30 @@ pub async fn lead_and_control(
     Ok(())
 }
 
-/// Waits until BrokerClusters can be listed (the CRD is installed) in `namespace`, or in every
-/// namespace for `None` (an operator limited to one namespace may hold no cluster-wide right).
-/// False on shutdown.
+/// Waits until BrokerClusters can be listed (the CRD is installed) in each of `namespaces`, or
+/// in every namespace when it is empty (an operator limited to some namespaces may hold no
+/// cluster-wide right). False on shutdown.
 pub async fn wait_for_crd(
     client: &Client,
-    namespace: Option<&str>,
+    namespaces: &[String],
     shutdown: &CancellationToken,
 ) -> bool {
-    let api: Api<BrokerCluster> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
     let mut delay = Duration::from_millis(500);
+    let mut pending = controller::watches(namespaces);
     loop {
-        match api.list_metadata(&ListParams::default().limit(1)).await {
-            Ok(_) => return true,
-            Err(e) => warn!(error = %e, "cannot list BrokerClusters yet; is the CRD installed?"),
+        let mut still = Vec::new();
+        for ns in pending {
+            let api: Api<BrokerCluster> = controller::scoped_api(client, ns.as_deref());
+            if let Err(e) = api.list_metadata(&ListParams::default().limit(1)).await {
+                warn!(namespace = ns.as_deref().unwrap_or("(all)"), error = %e,
+                    "cannot list BrokerClusters yet; is the CRD installed, and may the operator list them there?");
+                still.push(ns);
+            }
         }
+        if still.is_empty() {
+            return true;
+        }
+        pending = still;
         tokio::select! {
             _ = shutdown.cancelled() => return false,
             _ = tokio::time::sleep(delay) => {},

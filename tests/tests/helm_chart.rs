@@ -118,25 +118,30 @@ fn documents(text: &str) -> Result<Vec<Value>> {
 #[derive(Clone, Copy, Debug)]
 enum Mode {
     ClusterWide,
-    /// Watches `WATCHED_NS` only.
+    /// Watches the namespaces of `WATCHED_NS` only.
     Namespaced,
 }
 
-const WATCHED_NS: &str = "iot";
+/// The namespaces a namespaced install watches: two, so that one watch per namespace is tested.
+const WATCHED_NS: [&str; 2] = ["iot", "factory"];
 
 impl Mode {
     fn values(self) -> Vec<String> {
         match self {
             Mode::ClusterWide => vec![],
-            Mode::Namespaced => vec!["--set".into(), format!("watchNamespaces={{{WATCHED_NS}}}")],
+            Mode::Namespaced => vec![
+                "--set".into(),
+                format!("watchNamespaces={{{}}}", WATCHED_NS.join(",")),
+            ],
         }
     }
 
     /// Where the operator's `Watched` permissions apply: `None` for cluster-wide.
-    fn watched(self) -> Option<&'static str> {
+    /// The namespaces watched; empty for all.
+    fn watched(self) -> Vec<String> {
         match self {
-            Mode::ClusterWide => None,
-            Mode::Namespaced => Some(WATCHED_NS),
+            Mode::ClusterWide => vec![],
+            Mode::Namespaced => WATCHED_NS.iter().map(|s| s.to_string()).collect(),
         }
     }
 }
@@ -236,12 +241,15 @@ fn granted_to(docs: &[Value], sa_ns: &str, sa: &str) -> Result<BTreeSet<Grant>> 
 fn needed(mode: Mode) -> BTreeSet<Grant> {
     let mut needed = BTreeSet::new();
     for p in OPERATOR_PERMISSIONS {
-        let ns = match p.scope {
-            PermissionScope::Watched => mode.watched().map(str::to_string),
-            PermissionScope::OperatorNamespace => Some(RELEASE_NS.to_string()),
+        let namespaces: Vec<Option<String>> = match p.scope {
+            PermissionScope::Watched if mode.watched().is_empty() => vec![None],
+            PermissionScope::Watched => mode.watched().into_iter().map(Some).collect(),
+            PermissionScope::OperatorNamespace => vec![Some(RELEASE_NS.to_string())],
         };
-        for v in p.verbs {
-            needed.insert((ns.clone(), p.group.into(), p.resource.into(), v.to_string()));
+        for ns in namespaces {
+            for v in p.verbs {
+                needed.insert((ns.clone(), p.group.into(), p.resource.into(), v.to_string()));
+            }
         }
     }
     needed
@@ -263,12 +271,12 @@ fn the_charts_crd_is_the_generated_crd() -> Result<()> {
 fn helm_lint_passes_in_both_modes_and_the_schema_rejects_bad_values() -> Result<()> {
     let chart = chart_dir().display().to_string();
     run_helm(&["lint", "--strict", &chart])?;
-    run_helm(&["lint", "--strict", &chart, "--set", "watchNamespaces={iot}"])?;
+    run_helm(&["lint", "--strict", &chart, "--set", "watchNamespaces={iot,factory}"])?;
     run_helm(&["lint", "--strict", &chart, "--set", "ingress.enabled=true"])?;
     for bad in [
         "replicaCount=-1",
         "operator.logFormat=xml",
-        "watchNamespaces={a,b}",
+        "watchNamespaces={iot,iot}",
         "watchNamespaces={Not_A_Namespace}",
         "service.port=70000",
         "unknownValue=1",
@@ -339,7 +347,7 @@ fn the_deployment_is_hardened_and_runs_two_leader_elected_replicas() -> Result<(
     assert!(env.contains(
         &json!({"name": "MOORING_AGENT_IMAGE", "value": "ghcr.io/mooring-dev/mooring:0.2.0"})
     ));
-    assert!(env.contains(&json!({"name": "MOORING_WATCH_NAMESPACE", "value": WATCHED_NS})));
+    assert!(env.contains(&json!({"name": "MOORING_WATCH_NAMESPACE", "value": "iot,factory"})));
     Ok(())
 }
 
@@ -429,7 +437,7 @@ async fn the_rendered_chart_and_the_examples_pass_a_server_side_dry_run() -> Res
     let cp = CP.get().await?;
     let client = cp.client().await?;
     install_crd(&client).await?;
-    for ns in [RELEASE_NS, WATCHED_NS, "examples"] {
+    for ns in [RELEASE_NS, "examples"].into_iter().chain(WATCHED_NS) {
         create_namespace(&client, ns).await?;
     }
     for mode in [Mode::ClusterWide, Mode::Namespaced] {
@@ -597,8 +605,19 @@ mod tempdir {
 async fn operator_runs_with_only_the_charts_rbac(mode: Mode) -> Result<()> {
     let (cp, audit_log, _dir) = audited_control_plane().await?;
     let admin = cp.client().await?;
-    let watched_ns = mode.watched().unwrap_or("brokers");
-    for ns in [RELEASE_NS, watched_ns] {
+    // Cluster-wide, the clusters go to "brokers"; namespaced, one to each watched namespace, and
+    // one to "elsewhere", which the operator must leave alone.
+    let watched = mode.watched();
+    let cluster_namespaces: Vec<String> = if watched.is_empty() {
+        vec!["brokers".into()]
+    } else {
+        watched.clone()
+    };
+    let watched_ns = cluster_namespaces[0].as_str();
+    for ns in [RELEASE_NS, "elsewhere"]
+        .into_iter()
+        .chain(cluster_namespaces.iter().map(String::as_str))
+    {
         create_namespace(&admin, ns).await?;
     }
     for doc in helm_template_async(mode, true, vec![]).await? {
@@ -608,17 +627,19 @@ async fn operator_runs_with_only_the_charts_rbac(mode: Mode) -> Result<()> {
 
     // Every permission of the table, asked of the RBAC authorizer: allowed where it should be.
     for p in OPERATOR_PERMISSIONS {
-        let ns = match p.scope {
-            PermissionScope::Watched => watched_ns,
-            PermissionScope::OperatorNamespace => RELEASE_NS,
+        let namespaces: Vec<&str> = match p.scope {
+            PermissionScope::Watched => cluster_namespaces.iter().map(String::as_str).collect(),
+            PermissionScope::OperatorNamespace => vec![RELEASE_NS],
         };
-        for v in p.verbs {
-            ensure!(
-                allowed(&admin, Some(ns), p.group, p.resource, v).await?,
-                "{mode:?}: the chart does not allow {v} {}/{} in {ns}",
-                p.group,
-                p.resource
-            );
+        for ns in namespaces {
+            for v in p.verbs {
+                ensure!(
+                    allowed(&admin, Some(ns), p.group, p.resource, v).await?,
+                    "{mode:?}: the chart does not allow {v} {}/{} in {ns}",
+                    p.group,
+                    p.resource
+                );
+            }
         }
     }
     // And a few it must not have.
@@ -653,8 +674,8 @@ async fn operator_runs_with_only_the_charts_rbac(mode: Mode) -> Result<()> {
     }
     if let Mode::Namespaced = mode {
         ensure!(
-            !allowed(&admin, Some("default"), "", "secrets", "get").await?,
-            "namespaced mode: the operator can read Secrets outside {WATCHED_NS}"
+            !allowed(&admin, Some("elsewhere"), "", "secrets", "get").await?,
+            "namespaced mode: the operator can read Secrets outside {WATCHED_NS:?}"
         );
     }
 
@@ -663,12 +684,8 @@ async fn operator_runs_with_only_the_charts_rbac(mode: Mode) -> Result<()> {
         .client_for_service_account(RELEASE_NS, SERVICE_ACCOUNT)
         .await?;
     let stop = CancellationToken::new();
-    let namespace = mode.watched().map(str::to_string);
     ensure!(
-        tokio::time::timeout(
-            TIMEOUT,
-            wait_for_crd(&sa_client, namespace.as_deref(), &stop)
-        )
+        tokio::time::timeout(TIMEOUT, wait_for_crd(&sa_client, &watched, &stop))
         .await
         .unwrap_or(false),
         "{mode:?}: the operator cannot list BrokerClusters with the chart's RBAC"
@@ -680,7 +697,7 @@ async fn operator_runs_with_only_the_charts_rbac(mode: Mode) -> Result<()> {
         duration: Duration::from_secs(15),
     };
     let scope = Scope {
-        namespace,
+        namespaces: watched.clone(),
         ..Scope::default()
     };
     let task = {
@@ -690,7 +707,6 @@ async fn operator_runs_with_only_the_charts_rbac(mode: Mode) -> Result<()> {
         )
     };
 
-    let clusters: Api<BrokerCluster> = Api::namespaced(admin.clone(), watched_ns);
     let bc: BrokerCluster = serde_json::from_value(json!({
         "apiVersion": "mooring.dev/v1alpha1",
         "kind": "BrokerCluster",
@@ -702,21 +718,49 @@ async fn operator_runs_with_only_the_charts_rbac(mode: Mode) -> Result<()> {
             "loadBalancer": {"enabled": true, "replicas": 2},
         },
     }))?;
-    clusters.create(&PostParams::default(), &bc).await?;
+    let mut all_namespaces = cluster_namespaces.clone();
+    if !watched.is_empty() {
+        all_namespaces.push("elsewhere".into());
+    }
+    for ns in &all_namespaces {
+        Api::<BrokerCluster>::namespaced(admin.clone(), ns)
+            .create(&PostParams::default(), &bc)
+            .await?;
+    }
     let result = async {
-        eventually("the status to be written", || async {
-            let bc = clusters.get("bus").await?;
-            let observed = bc.status.as_ref().and_then(|s| s.observed_generation);
-            Ok((observed.is_some() && observed == bc.metadata.generation).then_some(()))
-        })
-        .await?;
-        for sts in ["bus", "bus-lb"] {
-            eventually(&format!("StatefulSet {sts}"), || async {
-                Ok(Api::<StatefulSet>::namespaced(admin.clone(), watched_ns)
-                    .get_opt(sts)
-                    .await?)
+        for ns in &cluster_namespaces {
+            let clusters: Api<BrokerCluster> = Api::namespaced(admin.clone(), ns);
+            eventually(&format!("the status of {ns}/bus to be written"), || async {
+                let bc = clusters.get("bus").await?;
+                let observed = bc.status.as_ref().and_then(|s| s.observed_generation);
+                Ok((observed.is_some() && observed == bc.metadata.generation).then_some(()))
             })
             .await?;
+            for sts in ["bus", "bus-lb"] {
+                eventually(&format!("StatefulSet {ns}/{sts}"), || async {
+                    Ok(Api::<StatefulSet>::namespaced(admin.clone(), ns)
+                        .get_opt(sts)
+                        .await?)
+                })
+                .await?;
+            }
+        }
+        if !watched.is_empty() {
+            // Every watched namespace is done, so the unwatched one had its chance too.
+            let other = Api::<BrokerCluster>::namespaced(admin.clone(), "elsewhere")
+                .get("bus")
+                .await?;
+            ensure!(
+                other.status.is_none(),
+                "the operator touched a cluster outside its namespaces"
+            );
+            ensure!(
+                Api::<StatefulSet>::namespaced(admin.clone(), "elsewhere")
+                    .get_opt("bus")
+                    .await?
+                    .is_none(),
+                "the operator created a StatefulSet outside its namespaces"
+            );
         }
         // The load balancer's Role: created by the operator without `escalate`, because it holds
         // every right it grants.
@@ -762,6 +806,6 @@ async fn the_operator_runs_cluster_wide_with_only_the_charts_rbac() -> Result<()
 }
 
 #[tokio::test]
-async fn the_operator_runs_in_one_namespace_with_only_the_charts_roles() -> Result<()> {
+async fn the_operator_runs_in_two_namespaces_with_only_the_charts_roles() -> Result<()> {
     operator_runs_with_only_the_charts_rbac(Mode::Namespaced).await
 }

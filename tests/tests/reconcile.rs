@@ -55,7 +55,7 @@ impl Operator {
             duration: Duration::from_secs(5),
         };
         let scope = Scope {
-            namespace: Some(ns.into()),
+            namespaces: vec![ns.into()],
             ..Scope::default()
         };
         let (client, token) = (client.clone(), stop.clone());

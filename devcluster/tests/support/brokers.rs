@@ -106,7 +106,7 @@ impl Env {
                 duration: Duration::from_secs(5),
             };
             let scope = Scope {
-                namespace: Some(NS.into()),
+                namespaces: vec![NS.into()],
                 // devcluster's images.yaml runs `mooring` images with this build's binary.
                 lb_images: LbImages {
                     haproxy: "haproxy:2.6".into(),

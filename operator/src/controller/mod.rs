@@ -4,12 +4,13 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{self as runtime_controller, Action, Controller};
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use mooring_crds::BrokerCluster;
@@ -44,11 +45,11 @@ const OWNED_SELECTOR: &str = "app.kubernetes.io/managed-by=mooring";
 /// per reconcile (hundreds), which costs memory and overloads the API server (see the benchmark).
 pub const DEFAULT_CONCURRENCY: u16 = 16;
 
-/// Where the controller watches (one namespace or all) and how many reconciles run at once.
+/// Where the controller watches (some namespaces or all) and how many reconciles run at once.
 #[derive(Clone, Debug)]
 pub struct Scope {
-    /// `None` for every namespace.
-    pub namespace: Option<String>,
+    /// The namespaces watched; empty for every namespace.
+    pub namespaces: Vec<String>,
     /// Most reconciles in flight at once.
     pub concurrency: u16,
     /// The images of the sticky load balancers.
@@ -58,7 +59,7 @@ pub struct Scope {
 impl Default for Scope {
     fn default() -> Self {
         Self {
-            namespace: None,
+            namespaces: Vec::new(),
             concurrency: DEFAULT_CONCURRENCY,
             lb_images: LbImages::default(),
         }
@@ -66,14 +67,32 @@ impl Default for Scope {
 }
 
 impl Scope {
-    fn api<K>(&self, client: &Client) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        match &self.namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
+    /// One watch per namespace, or `[None]`: one watch of every namespace.
+    pub fn watches(&self) -> Vec<Option<String>> {
+        watches(&self.namespaces)
+    }
+}
+
+/// One watch per namespace of `namespaces` (sorted, without repeats), or `[None]` for every
+/// namespace when it is empty.
+pub fn watches(namespaces: &[String]) -> Vec<Option<String>> {
+    if namespaces.is_empty() {
+        return vec![None];
+    }
+    let mut all: Vec<String> = namespaces.to_vec();
+    all.sort();
+    all.dedup();
+    all.into_iter().map(Some).collect()
+}
+
+/// The API of `K` in `namespace`, or in every namespace for `None`.
+pub fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     }
 }
 
@@ -84,30 +103,51 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let clusters: Api<BrokerCluster> = scope.api(&client);
-    let owned = watcher::Config::default().labels(OWNED_SELECTOR);
-    let stores = Stores::start(
-        &client,
-        scope.namespace.as_deref(),
-        &ctx.membership.shutdown,
-    )
-    .await;
+    let watches = scope.watches();
+    let stores = Stores::start(&client, &watches, &ctx.membership.shutdown).await;
     ctx.membership.set_stores(stores);
-    // Membership monitors ask for a reconcile when their report changes (status is written there).
-    let triggers = ctx.membership.take_triggers().map(|rx| {
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
-    });
+    // Membership monitors ask for a reconcile when their report changes (status is written there);
+    // each request goes to the controller that watches the cluster's namespace.
+    let mut senders = Vec::new();
+    let mut triggers = Vec::new();
+    for _ in &watches {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<BrokerCluster>>();
+        senders.push(tx);
+        triggers.push(rx);
+    }
+    if let Some(mut rx) = ctx.membership.take_triggers() {
+        let watches = watches.clone();
+        tokio::spawn(async move {
+            while let Some(obj) = rx.recv().await {
+                let i = watches
+                    .iter()
+                    .position(|w| w.is_none() || w.as_deref() == obj.namespace.as_deref());
+                if let Some(tx) = i.and_then(|i| senders.get(i)) {
+                    let _ = tx.send(obj);
+                }
+            }
+        });
+    }
     let membership_stop = ctx.membership.shutdown.clone();
-    Controller::new(clusters, watcher::Config::default())
-        .reconcile_on(futures::stream::iter(triggers).flatten())
+    let shutdown = shutdown.shared();
+    let controllers = watches.iter().zip(triggers).map(|(ns, rx)| {
+        let triggers =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+        let ns = ns.as_deref();
+        let owned = watcher::Config::default().labels(OWNED_SELECTOR);
+        Controller::new(
+            scoped_api::<BrokerCluster>(&client, ns),
+            watcher::Config::default(),
+        )
+        .reconcile_on(triggers)
         .with_config(runtime_controller::Config::default().concurrency(scope.concurrency))
-        .owns(scope.api::<StatefulSet>(&client), owned.clone())
-        .owns(scope.api::<ConfigMap>(&client), owned.clone())
-        .owns(scope.api::<Secret>(&client), owned.clone())
-        .owns(scope.api::<Service>(&client), owned.clone())
-        .owns(scope.api::<PodDisruptionBudget>(&client), owned)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .owns(scoped_api::<StatefulSet>(&client, ns), owned.clone())
+        .owns(scoped_api::<ConfigMap>(&client, ns), owned.clone())
+        .owns(scoped_api::<Secret>(&client, ns), owned.clone())
+        .owns(scoped_api::<Service>(&client, ns), owned.clone())
+        .owns(scoped_api::<PodDisruptionBudget>(&client, ns), owned)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(cluster = %obj, "reconciled"),
@@ -116,7 +156,8 @@ pub async fn run(
                 Err(e) => warn!(error = %e, "controller error"),
             }
         })
-        .await;
+    });
+    futures::future::join_all(controllers).await;
     membership_stop.cancel();
     info!("controller stopped");
 }

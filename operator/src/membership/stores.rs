@@ -13,27 +13,72 @@ use mooring_crds::BrokerCluster;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::controller::scoped_api;
 use crate::resources::{ChildNames, COMPONENT_BROKER, MANAGED_BY};
 
-/// The Pod and StatefulSet caches.
+/// The Pod and StatefulSet caches: one pair per watched namespace (or one for all).
 #[derive(Clone)]
 pub struct Stores {
+    caches: Vec<Caches>,
+}
+
+/// The caches of one watch.
+#[derive(Clone)]
+struct Caches {
+    /// The namespace watched, `None` for all.
+    namespace: Option<String>,
     pods: Store<Pod>,
     stateful_sets: Store<StatefulSet>,
 }
 
 impl Stores {
-    /// Starts the watches (in `namespace`, or everywhere) until `stop`; returns once both caches
-    /// have their first full list.
-    pub async fn start(client: &Client, namespace: Option<&str>, stop: &CancellationToken) -> Self {
-        let pods_api: Api<Pod> = match namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
+    /// Starts the watches (one per entry of `watches`: a namespace, or `None` for every
+    /// namespace) until `stop`; returns once every cache has its first full list.
+    pub async fn start(client: &Client, watches: &[Option<String>], stop: &CancellationToken) -> Self {
+        let caches = futures::future::join_all(
+            watches
+                .iter()
+                .map(|ns| Caches::start(client, ns.as_deref(), stop)),
+        )
+        .await;
+        Self { caches }
+    }
+
+    /// The broker Pods of `bc` (by name) and its StatefulSet, as cached (nothing when no watch
+    /// covers its namespace).
+    pub fn of(&self, bc: &BrokerCluster) -> (Vec<Arc<Pod>>, Option<Arc<StatefulSet>>) {
+        let ns = bc.namespace().unwrap_or_default();
+        let Some(caches) = self
+            .caches
+            .iter()
+            .find(|c| c.namespace.is_none() || c.namespace.as_deref() == Some(ns.as_str()))
+        else {
+            return (Vec::new(), None);
         };
-        let sts_api: Api<StatefulSet> = match namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        };
+        let name = bc.name_any();
+        let sts_name = ChildNames::new(&name, &ns).stateful_set;
+        let sts = caches
+            .stateful_sets
+            .get(&ObjectRef::new(&sts_name).within(&ns));
+        let mut pods: Vec<Arc<Pod>> = caches
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.namespace().as_deref() == Some(ns.as_str())
+                    && p.labels().get("app.kubernetes.io/instance") == Some(&name)
+            })
+            .collect();
+        pods.sort_by_key(|p| p.name_any());
+        (pods, sts)
+    }
+}
+
+impl Caches {
+    /// Starts the watches of one namespace (or all).
+    async fn start(client: &Client, namespace: Option<&str>, stop: &CancellationToken) -> Self {
+        let pods_api: Api<Pod> = scoped_api(client, namespace);
+        let sts_api: Api<StatefulSet> = scoped_api(client, namespace);
         let pod_labels = format!(
             "app.kubernetes.io/managed-by={MANAGED_BY},app.kubernetes.io/component={COMPONENT_BROKER}"
         );
@@ -78,31 +123,12 @@ impl Stores {
         let _ =
             futures::future::join(pods.wait_until_ready(), stateful_sets.wait_until_ready()).await;
         Self {
+            namespace: namespace.map(str::to_string),
             pods,
             stateful_sets,
         }
     }
 
-    /// The broker Pods of `bc` (by name) and its StatefulSet, as cached.
-    pub fn of(&self, bc: &BrokerCluster) -> (Vec<Arc<Pod>>, Option<Arc<StatefulSet>>) {
-        let ns = bc.namespace().unwrap_or_default();
-        let name = bc.name_any();
-        let sts_name = ChildNames::new(&name, &ns).stateful_set;
-        let sts = self
-            .stateful_sets
-            .get(&ObjectRef::new(&sts_name).within(&ns));
-        let mut pods: Vec<Arc<Pod>> = self
-            .pods
-            .state()
-            .into_iter()
-            .filter(|p| {
-                p.namespace().as_deref() == Some(ns.as_str())
-                    && p.labels().get("app.kubernetes.io/instance") == Some(&name)
-            })
-            .collect();
-        pods.sort_by_key(|p| p.name_any());
-        (pods, sts)
-    }
 }
 
 /// Drops what the monitors never read from a cached Pod.
