@@ -12,7 +12,15 @@ use std::net::{IpAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff;
+use mooring_crds::AlertThresholds;
+use mooring_operator::alerts::Severity;
+use mooring_operator::collector::lb_stats::{self, LbSample};
+use mooring_operator::collector::rules;
+use mooring_operator::collector::sample::Sample;
 
 use mooring_operator::lb_agent::runtime_api::{
     RuntimeError, ServerAdminState, ServerStateRow, DEFAULT_RELOAD_TIMEOUT,
@@ -609,4 +617,87 @@ async fn the_runtime_api_client_drives_a_real_haproxy() {
         .await
         .expect("reload again");
     assert_eq!(reloaded.after.failed_reloads, 0);
+}
+
+/// The collector's view of a real HAProxy: its stats page read and parsed, and the backend-down
+/// rule over it. demo-1 points at an address where no broker listens, so its health check fails.
+#[tokio::test]
+async fn the_collector_reads_real_haproxy_stats_and_alerts_on_a_down_backend() {
+    let mut lab = Lab::new();
+    let ports = Ports {
+        broker_mqtt: free_port(),
+        broker_ws: free_port(),
+        lb_mqtt: free_port(),
+        lb_ws: free_port(),
+        stats: free_port(),
+    };
+    lab.start_broker(ONE, ports.broker_mqtt);
+    let admin = lab.path("admin.sock");
+    let cfg_path = lab.path("haproxy.cfg");
+    let cfg = lb_config(
+        ports,
+        vec![
+            server("demo-0", Some(ONE), true),
+            server("demo-1", Some(TWO), true),
+        ],
+    );
+    std::fs::write(&cfg_path, text(&cfg, &admin)).expect("write haproxy.cfg");
+    lab.start_haproxy(&cfg_path);
+
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let servers = loop {
+        let seen = lb_stats::fetch(&http, "lb-0", ONE, ports.stats).await;
+        if let Ok(servers) = &seen {
+            let status = |name: &str| {
+                servers
+                    .iter()
+                    .find(|s| s.server == name)
+                    .map(|s| s.status.clone())
+            };
+            if status("demo-0").as_deref() == Some("UP")
+                && status("demo-1").as_deref() == Some("DOWN")
+            {
+                break servers.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "HAProxy's stats never showed demo-0 UP and demo-1 DOWN: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(servers.len(), 2, "only the plain MQTT backend: {servers:?}");
+    let demo1 = servers
+        .iter()
+        .find(|s| s.server == "demo-1")
+        .expect("demo-1");
+    assert!(demo1.is_down());
+    assert!(demo1.check.starts_with("L4"), "{demo1:?}");
+
+    let sample = Sample {
+        at: jiff::Timestamp::now(),
+        nodes: vec![],
+        topics: Some(vec![]),
+        alarms: Some(vec![]),
+        lb: Some(LbSample {
+            servers,
+            unreachable: vec![],
+        }),
+    };
+    let evaluation = rules::evaluate(&[Arc::new(sample)], &AlertThresholds::default());
+    let down: Vec<_> = evaluation
+        .firing
+        .iter()
+        .filter(|d| d.name == rules::names::LB_BACKEND_DOWN)
+        .collect();
+    assert_eq!(down.len(), 1, "{:?}", evaluation.firing);
+    assert_eq!(down[0].labels["server"], "demo-1");
+    assert_eq!(down[0].severity, Severity::Critical);
+
+    // A replica that does not answer is reported, not mistaken for a healthy one.
+    let err = lb_stats::fetch(&http, "lb-1", ONE, free_port())
+        .await
+        .expect_err("nothing listens there");
+    assert!(err.to_string().contains("lb-1"), "{err}");
 }

@@ -17,6 +17,7 @@
 //! node) through the same registry. Not evaluated yet: CPU (`cpuPercent`; the drivers report no
 //! CPU use) and load balancer backends.
 
+pub mod lb_stats;
 pub mod poller;
 pub mod rules;
 pub mod sample;

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::lb_stats::{self, LbSample};
 use super::rules::{self, names};
 use super::sample::{NodeSample, Sample};
 use crate::alerts::{Alert, Labels};
@@ -152,6 +153,11 @@ impl Collector {
             }
             let cached = cached.map(|c| c.driver.clone());
             let targets = targets(&bc, &stores.of(&bc).0);
+            let lb_pods = bc
+                .spec
+                .load_balancer
+                .enabled
+                .then(|| stores.lb_pods_of(&bc));
             let client = client.clone();
             let ctx = self.ctx.clone();
             async move {
@@ -168,7 +174,15 @@ impl Collector {
                         }
                     }
                 };
-                let sample = collect(&driver, &bc, targets, &ctx.state.metrics).await;
+                let metrics = &ctx.state.metrics;
+                let (mut sample, lb) =
+                    futures::join!(collect(&driver, &bc, targets, metrics), async {
+                        match &lb_pods {
+                            Some(pods) => Some(collect_lb(pods, metrics).await),
+                            None => None,
+                        }
+                    });
+                sample.lb = lb;
                 (bc, fresh, Some(sample))
             }
         });
@@ -378,7 +392,50 @@ pub async fn collect(
         nodes,
         topics,
         alarms,
+        lb: None,
     }
+}
+
+/// Asks every HAProxy replica of a load balancer for its view of the broker servers.
+pub async fn collect_lb(pods: &[Arc<Pod>], metrics: &Metrics) -> LbSample {
+    let http = match crate::drivers::shared_http(lb_stats::STATS_TIMEOUT) {
+        Ok(http) => http,
+        Err(e) => {
+            return LbSample {
+                servers: Vec::new(),
+                unreachable: vec![("*".into(), format!("no HTTP client: {e}"))],
+            }
+        }
+    };
+    let answers = futures::future::join_all(pods.iter().map(|p| {
+        let http = http.clone();
+        async move {
+            let pod = p.name_any();
+            match p.status.as_ref().and_then(|s| s.pod_ip.clone()) {
+                None => (pod.clone(), Err(format!("Pod {pod} has no IP"))),
+                Some(ip) => {
+                    let port = crate::resources::load_balancer::STATS_PORT as u16;
+                    let r = lb_stats::fetch(&http, &pod, &ip, port)
+                        .await
+                        .map_err(|e| e.to_string());
+                    (pod, r)
+                }
+            }
+        }
+    }))
+    .await;
+    let mut out = LbSample::default();
+    for (pod, answer) in answers {
+        match answer {
+            Ok(servers) => out.servers.extend(servers),
+            Err(e) => {
+                debug!(lb_pod = %pod, error = %e, "collector: load balancer stats failed");
+                metrics.collector_call_failed("lb_stats");
+                out.unreachable.push((pod, e));
+            }
+        }
+    }
+    out
 }
 
 /// One driver call with [`CALL_TIMEOUT`]; the error as text (and counted).

@@ -23,13 +23,17 @@ pub mod names {
     pub const MESSAGES_DROPPED: &str = "MessagesDropped";
     /// The broker raised an alarm (one alert per alarm name and node).
     pub const BROKER_ALARM: &str = "BrokerAlarm";
+    /// A load balancer replica's health checks fail for a broker server, so it sends it no
+    /// clients (one alert per server).
+    pub const LB_BACKEND_DOWN: &str = "LoadBalancerBackendDown";
     /// Every name above.
-    pub const ALL: [&str; 5] = [
+    pub const ALL: [&str; 6] = [
         NODE_DOWN,
         MEMORY_HIGH,
         CONNECTIONS_NEAR_LIMIT,
         MESSAGES_DROPPED,
         BROKER_ALARM,
+        LB_BACKEND_DOWN,
     ];
 }
 
@@ -103,7 +107,48 @@ pub fn evaluate(samples: &[Arc<Sample>], thresholds: &AlertThresholds) -> Evalua
         }
         None => out.unknown.push(names::BROKER_ALARM),
     }
+    lb_backend_down(latest, &mut out);
     out
+}
+
+/// Broker servers a load balancer replica marks DOWN (its health checks fail). Servers the agents
+/// put in maintenance (stray nodes) or drain (a scale-down) on purpose are not down. When no
+/// replica answered, the rule cannot tell.
+fn lb_backend_down(latest: &Sample, out: &mut Evaluation) {
+    let Some(lb) = &latest.lb else {
+        return;
+    };
+    if lb.servers.is_empty() && !lb.unreachable.is_empty() {
+        out.unknown.push(names::LB_BACKEND_DOWN);
+        return;
+    }
+    let mut down: Vec<(&str, Vec<String>)> = Vec::new();
+    for s in lb.servers.iter().filter(|s| s.is_down()) {
+        let seen_by = format!("{} ({})", s.lb_pod, s.check);
+        match down.iter_mut().find(|(server, _)| *server == s.server) {
+            Some((_, by)) => by.push(seen_by),
+            None => down.push((&s.server, vec![seen_by])),
+        }
+    }
+    let replicas: std::collections::BTreeSet<&str> =
+        lb.servers.iter().map(|s| s.lb_pod.as_str()).collect();
+    for (server, by) in down {
+        // Down in every replica: no client reaches the node through the load balancer.
+        let severity = if by.len() == replicas.len() {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        };
+        out.firing.push(Desired {
+            name: names::LB_BACKEND_DOWN,
+            labels: Labels::from([("server".to_string(), server.to_string())]),
+            severity,
+            message: format!(
+                "the load balancer sends no client to {server}: its health check fails in {}",
+                by.join(", ")
+            ),
+        });
+    }
 }
 
 /// The collector's alerts among `firing` (a cluster's firing alerts) that `evaluation` no longer
@@ -238,6 +283,7 @@ fn messages_dropped(previous: &Sample, latest: &Sample, out: &mut Evaluation) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collector::lb_stats::{LbSample, ServerState};
     use crate::collector::sample::tests::{down, sample, up};
     use crate::drivers::{Alarm, TopicMetric};
 
@@ -461,5 +507,52 @@ mod tests {
         let e = evaluate(&history(vec![s]), &AlertThresholds::default());
         assert_eq!(e.unknown, [names::BROKER_ALARM]);
         assert!(evaluate(&[], &AlertThresholds::default()).unknown.len() == names::ALL.len());
+    }
+
+    fn server(lb_pod: &str, server: &str, status: &str) -> ServerState {
+        ServerState {
+            lb_pod: lb_pod.into(),
+            server: server.into(),
+            status: status.into(),
+            check: "L4CON".into(),
+            address: None,
+        }
+    }
+
+    #[test]
+    fn a_server_down_in_the_load_balancer_alerts_and_is_critical_when_down_everywhere() {
+        let mut s = sample(0, vec![]);
+        s.lb = Some(LbSample {
+            servers: vec![
+                server("lb-0", "bus-0", "UP"),
+                server("lb-0", "bus-1", "DOWN"),
+                server("lb-0", "bus-2", "MAINT"),
+                server("lb-1", "bus-0", "DOWN"),
+                server("lb-1", "bus-1", "DOWN"),
+                server("lb-1", "bus-2", "DRAIN"),
+            ],
+            unreachable: vec![],
+        });
+        let e = evaluate(&history(vec![s.clone()]), &AlertThresholds::default());
+        let down = named(&e, names::LB_BACKEND_DOWN);
+        assert_eq!(down.len(), 2, "{down:?}");
+        let bus0 = down.iter().find(|d| d.labels["server"] == "bus-0").unwrap();
+        assert_eq!(bus0.severity, Severity::Warning);
+        assert!(bus0.message.contains("lb-1 (L4CON)"), "{}", bus0.message);
+        let bus1 = down.iter().find(|d| d.labels["server"] == "bus-1").unwrap();
+        assert_eq!(bus1.severity, Severity::Critical);
+
+        // No replica answered: the rule cannot tell, so its alerts stay as they are.
+        s.lb = Some(LbSample {
+            servers: vec![],
+            unreachable: vec![("lb-0".into(), "connection refused".into())],
+        });
+        let e = evaluate(&history(vec![s.clone()]), &AlertThresholds::default());
+        assert!(e.unknown.contains(&names::LB_BACKEND_DOWN));
+        // Without a load balancer there is nothing to tell.
+        s.lb = None;
+        let e = evaluate(&history(vec![s]), &AlertThresholds::default());
+        assert!(named(&e, names::LB_BACKEND_DOWN).is_empty());
+        assert!(!e.unknown.contains(&names::LB_BACKEND_DOWN));
     }
 }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 
+use super::lb_stats::LbSample;
 use crate::drivers::{Alarm, NodeStats, TopicMetric};
 
 /// Samples kept per cluster: one hour at the default 10 s interval.
@@ -104,6 +105,9 @@ pub struct Sample {
     pub topics: Option<Vec<TopicMetric>>,
     /// The broker's active alarms (`None` when the call failed or no node could be asked).
     pub alarms: Option<Vec<Alarm>>,
+    /// What each HAProxy replica of the load balancer thinks of the brokers (`None` without a
+    /// load balancer).
+    pub lb: Option<LbSample>,
 }
 
 /// Cluster-wide figures of a sample.
@@ -288,6 +292,7 @@ pub(crate) mod tests {
             nodes,
             topics: Some(Vec::new()),
             alarms: Some(Vec::new()),
+            lb: None,
         }
     }
 

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::controller::scoped_api;
+use crate::resources::load_balancer::COMPONENT_LOAD_BALANCER;
 use crate::resources::{ChildNames, COMPONENT_BROKER, MANAGED_BY};
 
 /// The Pod and StatefulSet caches: one pair per watched namespace (or one for all).
@@ -34,7 +35,11 @@ struct Caches {
 impl Stores {
     /// Starts the watches (one per entry of `watches`: a namespace, or `None` for every
     /// namespace) until `stop`; returns once every cache has its first full list.
-    pub async fn start(client: &Client, watches: &[Option<String>], stop: &CancellationToken) -> Self {
+    pub async fn start(
+        client: &Client,
+        watches: &[Option<String>],
+        stop: &CancellationToken,
+    ) -> Self {
         let caches = futures::future::join_all(
             watches
                 .iter()
@@ -44,43 +49,64 @@ impl Stores {
         Self { caches }
     }
 
+    fn caches_of(&self, ns: &str) -> Option<&Caches> {
+        self.caches
+            .iter()
+            .find(|c| c.namespace.is_none() || c.namespace.as_deref() == Some(ns))
+    }
+
     /// The broker Pods of `bc` (by name) and its StatefulSet, as cached (nothing when no watch
     /// covers its namespace).
     pub fn of(&self, bc: &BrokerCluster) -> (Vec<Arc<Pod>>, Option<Arc<StatefulSet>>) {
         let ns = bc.namespace().unwrap_or_default();
-        let Some(caches) = self
-            .caches
-            .iter()
-            .find(|c| c.namespace.is_none() || c.namespace.as_deref() == Some(ns.as_str()))
-        else {
+        let Some(caches) = self.caches_of(&ns) else {
             return (Vec::new(), None);
         };
-        let name = bc.name_any();
-        let sts_name = ChildNames::new(&name, &ns).stateful_set;
+        let sts_name = ChildNames::new(&bc.name_any(), &ns).stateful_set;
         let sts = caches
             .stateful_sets
             .get(&ObjectRef::new(&sts_name).within(&ns));
-        let mut pods: Vec<Arc<Pod>> = caches
+        (caches.pods_of(bc, COMPONENT_BROKER), sts)
+    }
+
+    /// The load balancer's (HAProxy) Pods of `bc`, by name, as cached.
+    pub fn lb_pods_of(&self, bc: &BrokerCluster) -> Vec<Arc<Pod>> {
+        let ns = bc.namespace().unwrap_or_default();
+        self.caches_of(&ns)
+            .map(|c| c.pods_of(bc, COMPONENT_LOAD_BALANCER))
+            .unwrap_or_default()
+    }
+}
+
+impl Caches {
+    /// The cached Pods of `bc` with `component`, by name.
+    fn pods_of(&self, bc: &BrokerCluster, component: &str) -> Vec<Arc<Pod>> {
+        let ns = bc.namespace().unwrap_or_default();
+        let name = bc.name_any();
+        let mut pods: Vec<Arc<Pod>> = self
             .pods
             .state()
             .into_iter()
             .filter(|p| {
                 p.namespace().as_deref() == Some(ns.as_str())
                     && p.labels().get("app.kubernetes.io/instance") == Some(&name)
+                    && p.labels()
+                        .get("app.kubernetes.io/component")
+                        .map(String::as_str)
+                        == Some(component)
             })
             .collect();
         pods.sort_by_key(|p| p.name_any());
-        (pods, sts)
+        pods
     }
-}
 
-impl Caches {
     /// Starts the watches of one namespace (or all).
     async fn start(client: &Client, namespace: Option<&str>, stop: &CancellationToken) -> Self {
         let pods_api: Api<Pod> = scoped_api(client, namespace);
         let sts_api: Api<StatefulSet> = scoped_api(client, namespace);
+        // Broker Pods for the monitors and the collector, load balancer Pods for the collector.
         let pod_labels = format!(
-            "app.kubernetes.io/managed-by={MANAGED_BY},app.kubernetes.io/component={COMPONENT_BROKER}"
+            "app.kubernetes.io/managed-by={MANAGED_BY},app.kubernetes.io/component in ({COMPONENT_BROKER},{COMPONENT_LOAD_BALANCER})"
         );
         let sts_labels = format!("app.kubernetes.io/managed-by={MANAGED_BY}");
         let (pods, pods_writer) = reflector::store();
@@ -128,7 +154,6 @@ impl Caches {
             stateful_sets,
         }
     }
-
 }
 
 /// Drops what the monitors never read from a cached Pod.
