@@ -98,6 +98,9 @@ pub const OPERATOR_PERMISSIONS: &[Permission] = &[
     watched("", "pods", &["create", "delete", "get", "list", "watch"]),
     // kube's `Recorder` (events.k8s.io/v1): creates an Event, patches it when it repeats.
     watched("events.k8s.io", "events", &["create", "patch"]),
+    // The collector's CPU figures (`collector::pod_metrics`): the broker Pods' metrics from
+    // metrics-server, when it is installed.
+    watched("metrics.k8s.io", "pods", &["list"]),
     // kube-lease-manager (`leader`): reads, creates and renews (server-side apply) the Lease.
     Permission {
         group: "coordination.k8s.io",

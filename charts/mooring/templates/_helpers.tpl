@@ -79,4 +79,7 @@ OPERATOR_PERMISSIONS in operator/src/rbac.rs; tests/tests/helm_chart.rs fails wh
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+- apiGroups: ["metrics.k8s.io"]
+  resources: ["pods"]
+  verbs: ["list"]
 {{- end }}

@@ -18,6 +18,7 @@
 //! CPU use) and load balancer backends.
 
 pub mod lb_stats;
+pub mod pod_metrics;
 pub mod poller;
 pub mod rules;
 pub mod sample;

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::lb_stats::{self, LbSample};
+use super::pod_metrics;
 use super::rules::{self, names};
 use super::sample::{NodeSample, Sample};
 use crate::alerts::{Alert, Labels};
@@ -62,8 +63,10 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stop: Cancellatio
     info!("telemetry collector started");
     let mut collector = Collector {
         ctx,
+        namespace,
         drivers: HashMap::new(),
         nodes: HashMap::new(),
+        cpu_unavailable: None,
     };
     let ready = tokio::select! {
         _ = stop.cancelled() => false,
@@ -102,6 +105,10 @@ struct CachedDriver {
 
 struct Collector {
     ctx: Arc<Context>,
+    /// The namespace polled (`None`: all).
+    namespace: Option<String>,
+    /// Why the resource metrics API gave no CPU figures last time (logged once per change).
+    cpu_unavailable: Option<String>,
     drivers: HashMap<String, CachedDriver>,
     /// The nodes exported per cluster (to remove the gauges of nodes that left).
     nodes: HashMap<String, BTreeSet<String>>,
@@ -142,6 +149,7 @@ impl Collector {
             return;
         };
         let client = self.ctx.client.clone();
+        let cpu = Arc::new(self.cpu_usage().await);
         let jobs = clusters.into_iter().map(|bc| {
             let key = object_key(&bc);
             let cached = self.drivers.get(&key).filter(|c| {
@@ -160,6 +168,7 @@ impl Collector {
                 .then(|| stores.lb_pods_of(&bc));
             let client = client.clone();
             let ctx = self.ctx.clone();
+            let cpu = cpu.clone();
             async move {
                 let (driver, fresh) = match cached {
                     Some(d) => (d, None),
@@ -183,6 +192,14 @@ impl Collector {
                         }
                     });
                 sample.lb = lb;
+                if let Some(allowance) = pod_metrics::cpu_allowance(&bc) {
+                    let ns = bc.namespace().unwrap_or_default();
+                    for n in &mut sample.nodes {
+                        n.cpu_percent = cpu
+                            .get(&format!("{ns}/{}", n.pod))
+                            .and_then(|used| pod_metrics::percent(*used, allowance));
+                    }
+                }
                 (bc, fresh, Some(sample))
             }
         });
@@ -212,6 +229,28 @@ impl Collector {
         metrics
             .collector_duration
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// CPU cores in use per broker Pod (`namespace/pod`), or nothing when the resource metrics API
+    /// (metrics-server) does not answer.
+    async fn cpu_usage(&mut self) -> HashMap<String, f64> {
+        match pod_metrics::broker_cpu(&self.ctx.client, self.namespace.as_deref()).await {
+            Ok(cpu) => {
+                if self.cpu_unavailable.take().is_some() {
+                    info!("collector: CPU figures available again (metrics.k8s.io)");
+                }
+                cpu
+            }
+            Err(e) => {
+                let why = e.to_string();
+                if self.cpu_unavailable.as_deref() != Some(why.as_str()) {
+                    info!(error = %why, "collector: no CPU figures (is metrics-server installed?); CPU alerts cannot fire");
+                    self.cpu_unavailable = Some(why);
+                }
+                self.ctx.state.metrics.collector_call_failed("pod_metrics");
+                HashMap::new()
+            }
+        }
     }
 
     /// Exports, stores and evaluates one sample.

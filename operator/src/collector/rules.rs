@@ -16,6 +16,8 @@ pub mod names {
     pub const NODE_DOWN: &str = "NodeDown";
     /// A node uses more memory than `spec.monitoring.alerts.memoryPercent` of its limit.
     pub const MEMORY_HIGH: &str = "NodeMemoryHigh";
+    /// A node's Pod uses more CPU than `spec.monitoring.alerts.cpuPercent` of its limit.
+    pub const CPU_HIGH: &str = "NodeCpuHigh";
     /// A node holds more connections than `spec.monitoring.alerts.connectionsPercent` of the most
     /// it can hold.
     pub const CONNECTIONS_NEAR_LIMIT: &str = "NodeConnectionsNearLimit";
@@ -27,9 +29,10 @@ pub mod names {
     /// clients (one alert per server).
     pub const LB_BACKEND_DOWN: &str = "LoadBalancerBackendDown";
     /// Every name above.
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 7] = [
         NODE_DOWN,
         MEMORY_HIGH,
+        CPU_HIGH,
         CONNECTIONS_NEAR_LIMIT,
         MESSAGES_DROPPED,
         BROKER_ALARM,
@@ -80,6 +83,7 @@ pub fn evaluate(samples: &[Arc<Sample>], thresholds: &AlertThresholds) -> Evalua
     };
     node_down(samples, &mut out);
     memory_high(latest, thresholds, &mut out);
+    cpu_high(latest, thresholds, &mut out);
     connections_near_limit(latest, thresholds, &mut out);
     match samples.len().checked_sub(2).map(|i| &samples[i]) {
         Some(previous) if latest.topics.is_some() => messages_dropped(previous, latest, &mut out),
@@ -236,6 +240,32 @@ fn memory_high(latest: &Sample, thresholds: &AlertThresholds, out: &mut Evaluati
     }
 }
 
+/// Nodes whose Pod is above the CPU threshold. Without any CPU figure (no metrics-server, or its
+/// API did not answer) the rule cannot tell.
+fn cpu_high(latest: &Sample, thresholds: &AlertThresholds, out: &mut Evaluation) {
+    if latest.nodes.iter().all(|n| n.cpu_percent.is_none()) {
+        out.unknown.push(names::CPU_HIGH);
+        return;
+    }
+    let limit = u16::try_from(thresholds.cpu_percent).unwrap_or(100);
+    for n in &latest.nodes {
+        let Some(percent) = n.cpu_percent else {
+            continue;
+        };
+        if percent >= limit {
+            out.firing.push(Desired {
+                name: names::CPU_HIGH,
+                labels: node_labels(n),
+                severity: Severity::Warning,
+                message: format!(
+                    "{} ({}) uses {percent}% of its CPU limit, above {}%",
+                    n.node, n.pod, thresholds.cpu_percent
+                ),
+            });
+        }
+    }
+}
+
 /// Nodes above the connections threshold (of the most connections they can hold).
 fn connections_near_limit(latest: &Sample, thresholds: &AlertThresholds, out: &mut Evaluation) {
     for n in &latest.nodes {
@@ -371,7 +401,8 @@ mod tests {
         assert_eq!(high.len(), 1);
         assert_eq!(high[0].labels["node"], "emqx@bus-0");
         assert!(high[0].message.contains("75%"), "{}", high[0].message);
-        assert!(e.unknown.is_empty());
+        // Only the CPU rule cannot tell: these nodes have no CPU figures.
+        assert_eq!(e.unknown, [names::CPU_HIGH]);
     }
 
     #[test]
@@ -429,7 +460,8 @@ mod tests {
         let mut failed = with_drops(10, None);
         failed.topics = None;
         let e = evaluate(&history(vec![with_drops(0, Some(1)), failed]), &t);
-        assert_eq!(e.unknown, [names::MESSAGES_DROPPED]);
+        assert!(e.unknown.contains(&names::MESSAGES_DROPPED));
+        assert!(!e.unknown.contains(&names::BROKER_ALARM));
     }
 
     #[test]
@@ -505,8 +537,23 @@ mod tests {
 
         s.alarms = None;
         let e = evaluate(&history(vec![s]), &AlertThresholds::default());
-        assert_eq!(e.unknown, [names::BROKER_ALARM]);
+        assert!(e.unknown.contains(&names::BROKER_ALARM));
         assert!(evaluate(&[], &AlertThresholds::default()).unknown.len() == names::ALL.len());
+    }
+
+    #[test]
+    fn cpu_above_the_threshold_alerts_and_no_figures_cannot_tell() {
+        let mut s = sample(0, vec![up(0, 1, 1, 10), up(1, 1, 1, 10), down(2)]);
+        let e = evaluate(&history(vec![s.clone()]), &AlertThresholds::default());
+        assert!(e.unknown.contains(&names::CPU_HIGH));
+        s.nodes[0].cpu_percent = Some(95);
+        s.nodes[1].cpu_percent = Some(40);
+        let e = evaluate(&history(vec![s]), &AlertThresholds::default());
+        let high = named(&e, names::CPU_HIGH);
+        assert_eq!(high.len(), 1);
+        assert_eq!(high[0].labels["pod"], "bus-0");
+        assert!(high[0].message.contains("95%"), "{}", high[0].message);
+        assert!(!e.unknown.contains(&names::CPU_HIGH));
     }
 
     fn server(lb_pod: &str, server: &str, status: &str) -> ServerState {

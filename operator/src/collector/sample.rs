@@ -35,6 +35,8 @@ pub struct NodeSample {
     pub memory_limit_bytes: Option<u64>,
     /// Uptime in seconds.
     pub uptime_seconds: Option<u64>,
+    /// CPU use in percent of the Pod's CPU limit (else request), from the resource metrics API.
+    pub cpu_percent: Option<u16>,
     /// Broker version.
     #[serde(serialize_with = "as_opt_str")]
     pub version: Option<Arc<str>>,
@@ -54,6 +56,7 @@ impl NodeSample {
             memory_used_bytes: stats.memory_used_bytes,
             memory_limit_bytes: stats.memory_limit_bytes,
             uptime_seconds: stats.uptime_seconds,
+            cpu_percent: None,
             version: stats.version.as_deref().map(Arc::from),
             error: None,
         }
@@ -70,6 +73,7 @@ impl NodeSample {
             memory_used_bytes: None,
             memory_limit_bytes: None,
             uptime_seconds: None,
+            cpu_percent: None,
             version: None,
             error: Some(error),
         }
