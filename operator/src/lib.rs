@@ -9,6 +9,7 @@ pub mod collector;
 pub mod conditions;
 pub mod context;
 pub mod controller;
+pub mod dashboard;
 pub mod credentials;
 pub mod drivers;
 pub mod lb_agent;

@@ -1,15 +1,20 @@
-//! The `mooring` operator binary: one process serves the controller, health, metrics (and the
-//! dashboard once it exists).
+//! The `mooring` operator binary: one process serves the controller, health, metrics and the
+//! dashboard.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use kube::Client;
+use mooring_dashboard::auth::Auth;
+use mooring_dashboard::server::DashboardConfig;
 use mooring_operator::alerts::webhook;
 use mooring_operator::context::State;
 use mooring_operator::controller::Scope;
+use mooring_operator::dashboard::users::{keep_loaded, parse_secret_ref};
+use mooring_operator::dashboard::OperatorBackend;
 use mooring_operator::leader::LeaseConfig;
 use mooring_operator::resources::load_balancer::LbImages;
 use mooring_operator::runner::{lead_and_control, wait_for_crd};
@@ -47,7 +52,11 @@ struct RunArgs {
     #[arg(long, env = "MOORING_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
     /// Watch only these namespaces (repeat the flag, or separate with commas; default: all).
-    #[arg(long = "namespace", env = "MOORING_WATCH_NAMESPACE", value_delimiter = ',')]
+    #[arg(
+        long = "namespace",
+        env = "MOORING_WATCH_NAMESPACE",
+        value_delimiter = ','
+    )]
     namespaces: Vec<String>,
     /// Namespace of the leader Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
@@ -77,6 +86,18 @@ struct RunArgs {
     /// `spec.monitoring.webhook`.
     #[arg(long, env = "MOORING_ALERT_WEBHOOK_URL")]
     alert_webhook_url: Option<String>,
+    /// The Secret (`<namespace>/<name>`) of the dashboard's users: keys are user names, values
+    /// `admin:<password>` or `viewer:<password>` (`token.<name>` keys: bearer tokens). Without it
+    /// the dashboard is not served.
+    #[arg(long, env = "MOORING_DASHBOARD_USERS_SECRET")]
+    dashboard_users_secret: Option<String>,
+    /// The dashboard's built browser files (scripts/build-dashboard).
+    #[arg(
+        long,
+        env = "MOORING_DASHBOARD_SITE",
+        default_value = "/usr/share/mooring/dashboard"
+    )]
+    dashboard_site: std::path::PathBuf,
 }
 
 #[tokio::main]
@@ -112,15 +133,46 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .context("starting the alert webhook sender")?;
     state.alerts.set_notifier(notifier);
 
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let dashboard = match &args.dashboard_users_secret {
+        None => {
+            info!("no --dashboard-users-secret: the dashboard is off");
+            None
+        }
+        Some(secret) => {
+            let (ns, name) = parse_secret_ref(secret).map_err(anyhow::Error::msg)?;
+            if !args.dashboard_site.join("pkg").is_dir() {
+                warn!(site = %args.dashboard_site.display(), "the dashboard's browser files are missing (run scripts/build-dashboard): pages render but do not update live");
+            }
+            let auth = Arc::new(Auth::default());
+            tokio::spawn(keep_loaded(
+                client.clone(),
+                ns,
+                name,
+                auth.clone(),
+                shutdown.clone(),
+            ));
+            Some(DashboardConfig {
+                backend: Arc::new(OperatorBackend::new(
+                    client.clone(),
+                    state.clone(),
+                    args.namespaces.clone(),
+                    &identity,
+                )),
+                auth,
+                site_root: args.dashboard_site.clone(),
+            })
+        }
+    };
     let server = tokio::spawn(server::serve(
         args.listen,
         state.clone(),
+        dashboard,
         shutdown.clone().cancelled_owned(),
     ));
 
     if wait_for_crd(&client, &args.namespaces, &shutdown).await {
         state.set_ready(true);
-        let identity = args.identity.clone().unwrap_or_else(default_identity);
         let lease = LeaseConfig {
             name: args.lease_name.clone(),
             namespace: args.lease_namespace.clone(),

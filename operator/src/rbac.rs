@@ -50,8 +50,13 @@ const APPLY: [&str; 2] = ["create", "patch"];
 pub const OPERATOR_PERMISSIONS: &[Permission] = &[
     // The controller's watch, `runner::wait_for_crd` (list), the monitors' `get`; the load
     // balancer's Role grants get/list/watch on its cluster, which the operator must hold itself
-    // to create that Role (RBAC escalation prevention).
-    watched("mooring.dev", "brokerclusters", &["get", "list", "watch"]),
+    // to create that Role (RBAC escalation prevention). The dashboard patches
+    // `spec.monitoring.meteredTopics` (`dashboard::backend`).
+    watched(
+        "mooring.dev",
+        "brokerclusters",
+        &["get", "list", "patch", "watch"],
+    ),
     // `controller::status` (patch_status, server-side apply).
     watched("mooring.dev", "brokerclusters/status", &["patch"]),
     // Children (`controller::reconcile`): owned watches and server-side apply.
@@ -96,8 +101,9 @@ pub const OPERATOR_PERMISSIONS: &[Permission] = &[
     // The membership stores watch broker Pods; `pod_command` creates, watches and deletes command
     // Pods; repairs delete a broker Pod (restart); the scale-down reads the leaving Pod.
     watched("", "pods", &["create", "delete", "get", "list", "watch"]),
-    // kube's `Recorder` (events.k8s.io/v1): creates an Event, patches it when it repeats.
-    watched("events.k8s.io", "events", &["create", "patch"]),
+    // kube's `Recorder` (events.k8s.io/v1): creates an Event, patches it when it repeats; the
+    // dashboard lists a cluster's Events.
+    watched("events.k8s.io", "events", &["create", "list", "patch"]),
     // The collector's CPU figures (`collector::pod_metrics`): the broker Pods' metrics from
     // metrics-server, when it is installed.
     watched("metrics.k8s.io", "pods", &["list"]),
@@ -106,6 +112,13 @@ pub const OPERATOR_PERMISSIONS: &[Permission] = &[
         group: "coordination.k8s.io",
         resource: "leases",
         verbs: &["create", "get", "patch"],
+        scope: PermissionScope::OperatorNamespace,
+    },
+    // The dashboard's users Secret (`dashboard::users`: a watch of the one Secret by name).
+    Permission {
+        group: "",
+        resource: "secrets",
+        verbs: &["get", "list", "watch"],
         scope: PermissionScope::OperatorNamespace,
     },
 ];
@@ -133,7 +146,10 @@ mod tests {
     #[test]
     fn every_applied_kind_can_be_created_and_patched() {
         for p in OPERATOR_PERMISSIONS {
-            if p.verbs.contains(&"patch") && p.resource != "brokerclusters/status" {
+            // The status and the dashboard's metered topics are patched, never applied.
+            if p.verbs.contains(&"patch")
+                && !matches!(p.resource, "brokerclusters/status" | "brokerclusters")
+            {
                 for v in APPLY_VERBS {
                     assert!(p.verbs.contains(v), "{p:?} lacks {v}");
                 }

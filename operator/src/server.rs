@@ -1,4 +1,5 @@
-//! The operator's HTTP server: `/healthz`, `/readyz`, `/metrics`. The dashboard mounts here later.
+//! The operator's HTTP server: `/healthz`, `/readyz`, `/metrics` (never behind a login), and the
+//! dashboard (everything else) when it is configured.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,15 +12,21 @@ use axum::routing::get;
 use axum::Router;
 use prometheus_client::encoding::text::encode;
 
+use mooring_dashboard::server::DashboardConfig;
+
 use crate::context::State;
 
-/// The router with every operator endpoint.
-pub fn router(state: Arc<State>) -> Router {
-    Router::new()
+/// The router with every operator endpoint, and the dashboard's when given.
+pub fn router(state: Arc<State>, dashboard: Option<DashboardConfig>) -> Router {
+    let ops = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(state);
+    match dashboard {
+        Some(config) => ops.merge(mooring_dashboard::server::router(config)),
+        None => ops,
+    }
 }
 
 async fn readyz(AxumState(state): AxumState<Arc<State>>) -> impl IntoResponse {
@@ -50,11 +57,12 @@ async fn metrics(AxumState(state): AxumState<Arc<State>>) -> impl IntoResponse {
 pub async fn serve(
     addr: SocketAddr,
     state: Arc<State>,
+    dashboard: Option<DashboardConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving health and metrics");
-    axum::serve(listener, router(state))
+    tracing::info!(%addr, dashboard = dashboard.is_some(), "serving health, metrics and the dashboard");
+    axum::serve(listener, router(state, dashboard))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -67,7 +75,7 @@ mod tests {
     use tower::ServiceExt;
 
     async fn get_status(state: Arc<State>, path: &str) -> (StatusCode, String) {
-        let res = router(state)
+        let res = router(state, None)
             .oneshot(Request::get(path).body(Body::empty()).unwrap())
             .await
             .unwrap();

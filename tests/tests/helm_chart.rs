@@ -17,6 +17,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _, Result};
@@ -25,13 +26,18 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::discovery::{pinned_kind, Scope as ResourceScope};
 use kube::{Api, Client};
 use mooring_crds::BrokerCluster;
+use mooring_dashboard::auth::Auth;
+use mooring_dashboard::backend::{Backend, BackendError};
 use mooring_operator::context::State;
 use mooring_operator::controller::Scope;
+use mooring_operator::dashboard::users::keep_loaded;
+use mooring_operator::dashboard::OperatorBackend;
 use mooring_operator::leader::LeaseConfig;
 use mooring_operator::rbac::{PermissionScope, OPERATOR_PERMISSIONS};
 use mooring_operator::runner::{lead_and_control, wait_for_crd};
@@ -271,7 +277,13 @@ fn the_charts_crd_is_the_generated_crd() -> Result<()> {
 fn helm_lint_passes_in_both_modes_and_the_schema_rejects_bad_values() -> Result<()> {
     let chart = chart_dir().display().to_string();
     run_helm(&["lint", "--strict", &chart])?;
-    run_helm(&["lint", "--strict", &chart, "--set", "watchNamespaces={iot,factory}"])?;
+    run_helm(&[
+        "lint",
+        "--strict",
+        &chart,
+        "--set",
+        "watchNamespaces={iot,factory}",
+    ])?;
     run_helm(&["lint", "--strict", &chart, "--set", "ingress.enabled=true"])?;
     for bad in [
         "replicaCount=-1",
@@ -686,8 +698,8 @@ async fn operator_runs_with_only_the_charts_rbac(mode: Mode) -> Result<()> {
     let stop = CancellationToken::new();
     ensure!(
         tokio::time::timeout(TIMEOUT, wait_for_crd(&sa_client, &watched, &stop))
-        .await
-        .unwrap_or(false),
+            .await
+            .unwrap_or(false),
         "{mode:?}: the operator cannot list BrokerClusters with the chart's RBAC"
     );
     let lease = LeaseConfig {
@@ -777,6 +789,8 @@ async fn operator_runs_with_only_the_charts_rbac(mode: Mode) -> Result<()> {
             lease.spec.and_then(|s| s.holder_identity).as_deref() == Some("mooring-0"),
             "the operator does not hold the Lease"
         );
+        dashboard_works_with_the_charts_rbac(&admin, &sa_client, &watched, watched_ns, &stop)
+            .await?;
         Ok::<_, anyhow::Error>(())
     }
     .await;
@@ -797,6 +811,90 @@ async fn operator_runs_with_only_the_charts_rbac(mode: Mode) -> Result<()> {
         denied.join("\n")
     );
     eprintln!("{mode:?}: {seen} requests of the operator, none denied");
+    Ok(())
+}
+
+/// The dashboard's calls, made with the chart's ServiceAccount: the users Secret is watched in
+/// the release namespace, a cluster's page lists its Events, and the metered topics are patched
+/// (the API server's CEL rule refusing a wildcard comes back as the user's error).
+async fn dashboard_works_with_the_charts_rbac(
+    admin: &Client,
+    sa_client: &Client,
+    watched: &[String],
+    ns: &str,
+    stop: &CancellationToken,
+) -> Result<()> {
+    let users: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "mooring-dashboard-users"},
+        "stringData": {"alice": "admin:alice-password"},
+    }))?;
+    Api::<Secret>::namespaced(admin.clone(), RELEASE_NS)
+        .create(&PostParams::default(), &users)
+        .await?;
+    let auth = Arc::new(Auth::default());
+    tokio::spawn(keep_loaded(
+        sa_client.clone(),
+        RELEASE_NS.into(),
+        "mooring-dashboard-users".into(),
+        auth.clone(),
+        stop.clone(),
+    ));
+    eventually("the dashboard users to load", || async {
+        Ok(auth.sign_in("alice", "alice-password").map(|_| ()))
+    })
+    .await?;
+
+    let backend = OperatorBackend::new(
+        sa_client.clone(),
+        State::new(),
+        watched.to_vec(),
+        "mooring-0",
+    );
+    let clusters = backend.clusters().await.map_err(anyhow::Error::msg)?;
+    ensure!(
+        clusters
+            .iter()
+            .any(|c| c.namespace == ns && c.name == "bus"),
+        "the dashboard does not list {ns}/bus: {clusters:?}"
+    );
+    let detail = backend
+        .cluster(ns, "bus")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    ensure!(detail.summary.name == "bus");
+    backend
+        .set_metered_topics(ns, "bus", vec!["sensors/t".into()], "alice")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let bc = Api::<BrokerCluster>::namespaced(admin.clone(), ns)
+        .get("bus")
+        .await?;
+    ensure!(
+        bc.spec.monitoring.metered_topics == ["sensors/t"],
+        "{:?}",
+        bc.spec.monitoring
+    );
+    let refused = backend
+        .set_metered_topics(ns, "bus", vec!["sensors/#".into()], "alice")
+        .await
+        .expect_err("the CEL rule refuses wildcards");
+    ensure!(
+        matches!(&refused, BackendError::Invalid(m) if m.contains("without + or #")),
+        "{refused:?}"
+    );
+    eventually("the dashboard's Event", || async {
+        let events = backend
+            .cluster(ns, "bus")
+            .await
+            .map_err(anyhow::Error::msg)?
+            .events;
+        Ok(events
+            .iter()
+            .any(|e| e.reason == "MeteredTopicsChanged")
+            .then_some(()))
+    })
+    .await?;
     Ok(())
 }
 

@@ -48,7 +48,7 @@ OPERATOR_PERMISSIONS in operator/src/rbac.rs; tests/tests/helm_chart.rs fails wh
 {{- define "mooring.watchedRules" -}}
 - apiGroups: ["mooring.dev"]
   resources: ["brokerclusters"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "patch", "watch"]
 - apiGroups: ["mooring.dev"]
   resources: ["brokerclusters/status"]
   verbs: ["patch"]
@@ -78,7 +78,7 @@ OPERATOR_PERMISSIONS in operator/src/rbac.rs; tests/tests/helm_chart.rs fails wh
   verbs: ["create", "delete", "get", "list", "watch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create", "list", "patch"]
 - apiGroups: ["metrics.k8s.io"]
   resources: ["pods"]
   verbs: ["list"]
