@@ -90,6 +90,10 @@ pub fn router(config: DashboardConfig) -> axum::Router {
 
     let pkg = tower_http::services::ServeDir::new(config.site_root.join("pkg"));
     axum::Router::new()
+        .route(
+            "/favicon.ico",
+            get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
         .route("/login", get(guard::login_page).post(guard::login))
         .with_state(config.auth.clone())
         .nest_service("/pkg", tower_http::compression::Compression::new(pkg))

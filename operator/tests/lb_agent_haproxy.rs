@@ -685,7 +685,8 @@ async fn the_collector_reads_real_haproxy_stats_and_alerts_on_a_down_backend() {
             unreachable: vec![],
         }),
     };
-    let evaluation = rules::evaluate(&[Arc::new(sample)], &AlertThresholds::default());
+    let history = vec![Arc::new(sample); rules::LB_DOWN_SAMPLES];
+    let evaluation = rules::evaluate(&history, &AlertThresholds::default());
     let down: Vec<_> = evaluation
         .firing
         .iter()

@@ -161,7 +161,11 @@ fn matrix(m: MembershipMatrix) -> impl IntoView {
     if m.rows.is_empty() {
         return view! { <p class="empty">"No node has reported its view yet."</p> }.into_any();
     }
-    let short = |n: &str| n.split('.').next().unwrap_or(n).to_string();
+    // `rabbit@bus-0.bus-headless.iot.svc.cluster.local` -> `bus-0` (the full name on hover).
+    let short = |n: &str| {
+        let host = n.split_once('@').map_or(n, |(_, h)| h);
+        host.split('.').next().unwrap_or(host).to_string()
+    };
     let head = m
         .columns
         .iter()
@@ -218,8 +222,7 @@ fn backends(enabled: bool, rows: Vec<BackendRow>) -> impl IntoView {
             view! {
                 <tr data-testid="backend-row">
                     <td>{b.lb_pod.clone()}</td>
-                    <td>{b.server.clone()}</td>
-                    <td class="mono">{b.address.clone()}</td>
+                    <td title=b.address.clone()>{b.server.clone()}</td>
                     <td><Badge text=b.state.clone()/></td>
                     <td class="muted">{b.reason.clone()}</td>
                 </tr>
@@ -232,7 +235,6 @@ fn backends(enabled: bool, rows: Vec<BackendRow>) -> impl IntoView {
                 <tr>
                     <th>"HAProxy"</th>
                     <th>"Server"</th>
-                    <th>"Address"</th>
                     <th>"State"</th>
                     <th>"Last check"</th>
                 </tr>

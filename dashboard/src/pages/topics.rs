@@ -130,11 +130,14 @@ fn card(
         .iter()
         .rev()
         .find(|p| p.rate_in.is_some() || p.rate_out.is_some());
+    // A broker that does not count a direction (RabbitMQ counts deliveries, not publishes) shows
+    // a dash, not a zero.
+    let figure = |r: Option<f64>| r.map_or_else(|| "—".to_string(), |r| format!("{r:.1}"));
     let rate = match latest {
         Some(p) => format!(
-            "{:.1} msg/s in · {:.1} msg/s out",
-            p.rate_in.unwrap_or(0.0),
-            p.rate_out.unwrap_or(0.0)
+            "{} msg/s in · {} msg/s out",
+            figure(p.rate_in),
+            figure(p.rate_out)
         ),
         None => "no rate yet".to_string(),
     };

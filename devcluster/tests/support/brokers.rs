@@ -302,7 +302,22 @@ impl Env {
     /// Kills the broker VM (`beam.smp`) of Pod `pod` with SIGKILL; the devcluster agent restarts
     /// the container.
     pub async fn kill_vm(&self, pod: &str) {
-        let netns = self.dc.netns(&self.pod(pod).await);
+        let killed = self.kill_vm_if_running(pod).await;
+        assert!(
+            killed > 0,
+            "no beam.smp process in the network namespace of {pod}"
+        );
+    }
+
+    /// [`Env::kill_vm`] without asking that a VM runs (a crash loop); returns how many it killed.
+    pub async fn kill_vm_if_running(&self, pod: &str) -> usize {
+        let Ok(p) = Api::<Pod>::namespaced(self.client.clone(), NS)
+            .get(pod)
+            .await
+        else {
+            return 0;
+        };
+        let netns = self.dc.netns(&p);
         let out = std::process::Command::new("ip")
             .args(["netns", "pids", &netns])
             .output()
@@ -318,10 +333,7 @@ impl Env {
                 killed += usize::from(status.success());
             }
         }
-        assert!(
-            killed > 0,
-            "no beam.smp process in the network namespace of {pod}"
-        );
+        killed
     }
 
     pub async fn pod(&self, name: &str) -> Pod {

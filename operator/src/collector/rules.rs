@@ -111,23 +111,44 @@ pub fn evaluate(samples: &[Arc<Sample>], thresholds: &AlertThresholds) -> Evalua
         }
         None => out.unknown.push(names::BROKER_ALARM),
     }
-    lb_backend_down(latest, &mut out);
+    lb_backend_down(samples, &mut out);
     out
 }
 
-/// Broker servers a load balancer replica marks DOWN (its health checks fail). Servers the agents
-/// put in maintenance (stray nodes) or drain (a scale-down) on purpose are not down. When no
-/// replica answered, the rule cannot tell.
-fn lb_backend_down(latest: &Sample, out: &mut Evaluation) {
+/// Consecutive samples a server must be down in, in some load balancer replica, before
+/// [`names::LB_BACKEND_DOWN`] fires (30 s at 10 s): brokers still starting, or restarting in a
+/// rollout, are down for less.
+pub const LB_DOWN_SAMPLES: usize = 3;
+
+/// Broker servers a load balancer replica marks DOWN (its health checks fail) in each of the last
+/// [`LB_DOWN_SAMPLES`] samples. Servers the agents put in maintenance (stray nodes) or drain (a
+/// scale-down) on purpose are not down. When no replica answered, the rule cannot tell.
+fn lb_backend_down(samples: &[Arc<Sample>], out: &mut Evaluation) {
+    let Some(latest) = samples.last() else {
+        return;
+    };
     let Some(lb) = &latest.lb else {
         return;
+    };
+    let down_before = |server: &str| {
+        let Some(from) = samples.len().checked_sub(LB_DOWN_SAMPLES) else {
+            return false;
+        };
+        samples[from..].iter().all(|s| {
+            s.lb.as_ref()
+                .is_some_and(|lb| lb.servers.iter().any(|x| x.server == server && x.is_down()))
+        })
     };
     if lb.servers.is_empty() && !lb.unreachable.is_empty() {
         out.unknown.push(names::LB_BACKEND_DOWN);
         return;
     }
     let mut down: Vec<(&str, Vec<String>)> = Vec::new();
-    for s in lb.servers.iter().filter(|s| s.is_down()) {
+    for s in lb
+        .servers
+        .iter()
+        .filter(|s| s.is_down() && down_before(&s.server))
+    {
         let seen_by = format!("{} ({})", s.lb_pod, s.check);
         match down.iter_mut().find(|(server, _)| *server == s.server) {
             Some((_, by)) => by.push(seen_by),
@@ -580,7 +601,16 @@ mod tests {
             ],
             unreachable: vec![],
         });
-        let e = evaluate(&history(vec![s.clone()]), &AlertThresholds::default());
+        // Down for less than LB_DOWN_SAMPLES samples: starting brokers, no alert yet.
+        let e = evaluate(
+            &history(vec![s.clone(); LB_DOWN_SAMPLES - 1]),
+            &AlertThresholds::default(),
+        );
+        assert!(named(&e, names::LB_BACKEND_DOWN).is_empty());
+        let e = evaluate(
+            &history(vec![s.clone(); LB_DOWN_SAMPLES]),
+            &AlertThresholds::default(),
+        );
         let down = named(&e, names::LB_BACKEND_DOWN);
         assert_eq!(down.len(), 2, "{down:?}");
         let bus0 = down.iter().find(|d| d.labels["server"] == "bus-0").unwrap();
