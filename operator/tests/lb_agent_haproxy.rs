@@ -685,7 +685,15 @@ async fn the_collector_reads_real_haproxy_stats_and_alerts_on_a_down_backend() {
             unreachable: vec![],
         }),
     };
-    let history = vec![Arc::new(sample); rules::LB_DOWN_SAMPLES];
+    // Both servers were UP once (demo-1's broker went away), then down long enough.
+    let mut was_up = sample.clone();
+    if let Some(lb) = was_up.lb.as_mut() {
+        for s in &mut lb.servers {
+            s.status = "UP".into();
+        }
+    }
+    let mut history = vec![Arc::new(was_up)];
+    history.extend(vec![Arc::new(sample); rules::LB_DOWN_SAMPLES]);
     let evaluation = rules::evaluate(&history, &AlertThresholds::default());
     let down: Vec<_> = evaluation
         .firing

@@ -130,8 +130,24 @@ fn lb_backend_down(samples: &[Arc<Sample>], out: &mut Evaluation) {
     let Some(lb) = &latest.lb else {
         return;
     };
+    // A server never seen UP (its broker is still booting: a new cluster or node) gets the
+    // longer grace of a new node.
+    let ever_up = |server: &str| {
+        samples.iter().any(|s| {
+            s.lb.as_ref().is_some_and(|lb| {
+                lb.servers
+                    .iter()
+                    .any(|x| x.server == server && x.status == "UP")
+            })
+        })
+    };
     let down_before = |server: &str| {
-        let Some(from) = samples.len().checked_sub(LB_DOWN_SAMPLES) else {
+        let needed = if ever_up(server) {
+            LB_DOWN_SAMPLES
+        } else {
+            NEW_NODE_DOWN_SAMPLES
+        };
+        let Some(from) = samples.len().checked_sub(needed) else {
             return false;
         };
         samples[from..].iter().all(|s| {
@@ -601,16 +617,27 @@ mod tests {
             ],
             unreachable: vec![],
         });
-        // Down for less than LB_DOWN_SAMPLES samples: starting brokers, no alert yet.
-        let e = evaluate(
-            &history(vec![s.clone(); LB_DOWN_SAMPLES - 1]),
-            &AlertThresholds::default(),
-        );
+        // Seen UP once, then down for less than LB_DOWN_SAMPLES samples: a restart, no alert yet.
+        let mut all_up = s.clone();
+        if let Some(lb) = all_up.lb.as_mut() {
+            for x in &mut lb.servers {
+                x.status = "UP".into();
+            }
+        }
+        let mut samples = vec![all_up];
+        samples.extend(vec![s.clone(); LB_DOWN_SAMPLES - 1]);
+        let e = evaluate(&history(samples.clone()), &AlertThresholds::default());
         assert!(named(&e, names::LB_BACKEND_DOWN).is_empty());
+        // bus-1 was never UP (booting): the longer grace of a new node; bus-0 is UP in lb-0.
         let e = evaluate(
             &history(vec![s.clone(); LB_DOWN_SAMPLES]),
             &AlertThresholds::default(),
         );
+        let down = named(&e, names::LB_BACKEND_DOWN);
+        assert_eq!(down.len(), 1, "{down:?}");
+        assert_eq!(down[0].labels["server"], "bus-0");
+        samples.push(s.clone());
+        let e = evaluate(&history(samples), &AlertThresholds::default());
         let down = named(&e, names::LB_BACKEND_DOWN);
         assert_eq!(down.len(), 2, "{down:?}");
         let bus0 = down.iter().find(|d| d.labels["server"] == "bus-0").unwrap();

@@ -253,7 +253,11 @@ impl Backend for OperatorBackend {
                 .map(|s| {
                     format!(
                         "Scaling down: {} ({}) is {} since {}. {}",
-                        s.pod, s.node, s.phase, s.since.0, s.message
+                        s.pod,
+                    s.node,
+                    s.phase,
+                    view::when(s.since.0),
+                    s.message
                     )
                 }),
             history: view::history(&samples),

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use mooring_crds::BrokerCluster;
 use mooring_dashboard::model::{
@@ -16,6 +17,11 @@ use crate::alerts::history::{Change, Transition};
 use crate::alerts::Alert;
 use crate::collector::sample::Sample;
 use crate::drivers::{ClientInfo, ClientPage};
+
+/// A time as people read it: `2026-11-24 00:42:16 UTC`.
+pub fn when(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
 
 /// Events shown on a cluster's page.
 pub const MAX_EVENTS: usize = 25;
@@ -61,7 +67,7 @@ pub fn conditions(bc: &BrokerCluster) -> Vec<ConditionRow> {
             status: c.status.clone(),
             reason: c.reason.clone(),
             message: c.message.clone(),
-            since: c.last_transition_time.0.to_string(),
+            since: when(c.last_transition_time.0),
         })
         .collect()
 }
@@ -113,7 +119,7 @@ pub fn nodes(bc: &BrokerCluster, latest: Option<&Sample>) -> Vec<NodeRow> {
 fn last_repair(m: &mooring_crds::MemberStatus) -> Option<String> {
     let result = m.last_repair_result.as_ref()?;
     Some(match &m.last_repair_time {
-        Some(t) => format!("last repair {}: {result}", t.0),
+        Some(t) => format!("last repair {}: {result}", when(t.0)),
         None => format!("last repair: {result}"),
     })
 }
@@ -256,7 +262,7 @@ pub fn active_alert(a: &Alert) -> AlertRow {
         state: "firing".into(),
         subject: subject(&a.labels),
         message: a.message.clone(),
-        at: a.since.to_string(),
+        at: when(a.since),
     }
 }
 
@@ -273,13 +279,13 @@ pub fn transition(t: &Transition) -> AlertRow {
         .into(),
         subject: subject(&t.labels),
         message: t.message.clone(),
-        at: t.at.to_string(),
+        at: when(t.at),
     }
 }
 
 /// Events, newest first, at most [`MAX_EVENTS`].
 pub fn events(mut list: Vec<Event>) -> Vec<EventRow> {
-    let when = |e: &Event| {
+    let time_of = |e: &Event| {
         e.series
             .as_ref()
             .map(|s| s.last_observed_time.0)
@@ -287,11 +293,11 @@ pub fn events(mut list: Vec<Event>) -> Vec<EventRow> {
             .or(e.deprecated_last_timestamp.as_ref().map(|t| t.0))
             .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0))
     };
-    list.sort_by_key(|e| std::cmp::Reverse(when(e)));
+    list.sort_by_key(|e| std::cmp::Reverse(time_of(e)));
     list.into_iter()
         .take(MAX_EVENTS)
         .map(|e| EventRow {
-            time: when(&e).map(|t| t.to_string()).unwrap_or_default(),
+            time: time_of(&e).map(when).unwrap_or_default(),
             type_: e.type_.clone().unwrap_or_default(),
             reason: e.reason.clone().unwrap_or_default(),
             message: e.note.clone().unwrap_or_default(),
