@@ -693,7 +693,8 @@ async fn the_collector_reads_real_haproxy_stats_and_alerts_on_a_down_backend() {
         }
     }
     let mut history = vec![Arc::new(was_up)];
-    history.extend(vec![Arc::new(sample); rules::LB_DOWN_SAMPLES]);
+    let sample = Arc::new(sample);
+    history.extend((0..rules::LB_DOWN_SAMPLES).map(|_| sample.clone()));
     let evaluation = rules::evaluate(&history, &AlertThresholds::default());
     let down: Vec<_> = evaluation
         .firing

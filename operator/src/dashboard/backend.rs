@@ -254,10 +254,10 @@ impl Backend for OperatorBackend {
                     format!(
                         "Scaling down: {} ({}) is {} since {}. {}",
                         s.pod,
-                    s.node,
-                    s.phase,
-                    view::when(s.since.0),
-                    s.message
+                        s.node,
+                        s.phase,
+                        view::when(s.since.0),
+                        s.message
                     )
                 }),
             history: view::history(&samples),
