@@ -187,6 +187,23 @@ async fn helm_install_runs_the_quickstart_upgrade_rolls_and_uninstall_keeps_the_
     )
     .await;
     dc.elapsed(&format!("operator Pods ready, {holder} leads"));
+    // The leader labels its own Pod, and only it: the dashboard Service selects that label.
+    wait_for(
+        "the leader label on the lease holder's Pod only",
+        Duration::from_secs(60),
+        || async {
+            let labelled: Vec<String> = pods
+                .list(&ListParams::default().labels("mooring.dev/leader=true"))
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .collect();
+            (labelled == [holder.clone()]).then_some(())
+        },
+    )
+    .await;
 
     // 2. The quickstart, unchanged, becomes Ready under the chart-installed operator.
     let text = std::fs::read_to_string(workspace().join("examples/quickstart.yaml"))

@@ -57,3 +57,35 @@ pub async fn wait_for(rx: &mut watch::Receiver<bool>, leading: bool) -> bool {
         }
     }
 }
+
+/// The label the leading replica puts on its own Pod, so that the dashboard's Service (which
+/// selects it) sends people to the replica whose telemetry and alerts are live.
+pub const LEADER_LABEL: &str = "mooring.dev/leader";
+
+/// Sets (`leading`) or removes [`LEADER_LABEL`] on this replica's Pod, `namespace`/`pod`. A
+/// replica that does not run in a Pod of that name (the tests, the demo) has nothing to label:
+/// that is logged, never fatal.
+pub async fn label_own_pod(client: &Client, namespace: &str, pod: &str, leading: bool) {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, Patch, PatchParams};
+
+    let value = if leading {
+        serde_json::Value::from("true")
+    } else {
+        serde_json::Value::Null
+    };
+    let patch = serde_json::json!({"metadata": {"labels": {LEADER_LABEL: value}}});
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    match api
+        .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => tracing::info!(pod, leading, "leader label set on this replica's Pod"),
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            tracing::debug!(pod, "no Pod of this replica's name: no leader label")
+        }
+        Err(e) => {
+            tracing::warn!(pod, error = %e, "cannot set the leader label on this replica's Pod")
+        }
+    }
+}

@@ -114,6 +114,14 @@ pub const OPERATOR_PERMISSIONS: &[Permission] = &[
         verbs: &["create", "get", "patch"],
         scope: PermissionScope::OperatorNamespace,
     },
+    // `leader::label_own_pod`: the leading replica labels its own Pod (the dashboard Service
+    // selects it).
+    Permission {
+        group: "",
+        resource: "pods",
+        verbs: &["patch"],
+        scope: PermissionScope::OperatorNamespace,
+    },
     // The dashboard's users Secret (`dashboard::users`: a watch of the one Secret by name).
     Permission {
         group: "",
@@ -146,9 +154,11 @@ mod tests {
     #[test]
     fn every_applied_kind_can_be_created_and_patched() {
         for p in OPERATOR_PERMISSIONS {
-            // The status and the dashboard's metered topics are patched, never applied.
+            // The status, the dashboard's metered topics and the leader label are patched, never
+            // applied.
             if p.verbs.contains(&"patch")
                 && !matches!(p.resource, "brokerclusters/status" | "brokerclusters")
+                && !(p.resource == "pods" && matches!(p.scope, PermissionScope::OperatorNamespace))
             {
                 for v in APPLY_VERBS {
                     assert!(p.verbs.contains(v), "{p:?} lacks {v}");

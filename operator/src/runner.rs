@@ -41,6 +41,7 @@ pub async fn lead_and_control(
         }
         info!("leading: starting the controller");
         state.metrics.leader.set(1);
+        leader::label_own_pod(&client, &lease.namespace, &lease.identity, true).await;
         let mut ctx = Context::new(
             client.clone(),
             Reporter {
@@ -81,6 +82,7 @@ pub async fn lead_and_control(
             }
         }
         state.metrics.leader.set(0);
+        leader::label_own_pod(&client, &lease.namespace, &lease.identity, false).await;
         if shutdown.is_cancelled() {
             break;
         }
