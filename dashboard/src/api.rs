@@ -25,8 +25,8 @@ pub async fn whoami() -> Result<Me, ServerFnError> {
 /// Every cluster.
 #[server(prefix = "/api", endpoint = "clusters")]
 pub async fn clusters() -> Result<Vec<ClusterSummary>, ServerFnError> {
-    crate::server::session().await?;
-    crate::server::backend()?
+    crate::server::signed_in_backend()
+        .await?
         .clusters()
         .await
         .map_err(crate::server::to_server_error)
@@ -35,8 +35,8 @@ pub async fn clusters() -> Result<Vec<ClusterSummary>, ServerFnError> {
 /// One cluster's page.
 #[server(prefix = "/api", endpoint = "cluster")]
 pub async fn cluster(namespace: String, name: String) -> Result<ClusterDetail, ServerFnError> {
-    crate::server::session().await?;
-    crate::server::backend()?
+    crate::server::signed_in_backend()
+        .await?
         .cluster(&namespace, &name)
         .await
         .map_err(crate::server::to_server_error)
@@ -52,14 +52,14 @@ pub async fn clients(
     page: u32,
     limit: u32,
 ) -> Result<ClientsPage, ServerFnError> {
-    crate::server::session().await?;
+    let backend = crate::server::signed_in_backend().await?;
     let search = clamp_search(ClientSearch {
         text,
         by_username,
         page,
         limit,
     });
-    crate::server::backend()?
+    backend
         .clients(&namespace, &name, &search)
         .await
         .map_err(crate::server::to_server_error)
@@ -89,8 +89,8 @@ pub async fn kick_client(
 /// The metered topics and their rates.
 #[server(prefix = "/api", endpoint = "topics")]
 pub async fn topics(namespace: String, name: String) -> Result<TopicsView, ServerFnError> {
-    crate::server::session().await?;
-    crate::server::backend()?
+    crate::server::signed_in_backend()
+        .await?
         .topics(&namespace, &name)
         .await
         .map_err(crate::server::to_server_error)
@@ -120,8 +120,8 @@ pub async fn set_metered_topics(
 /// Alerts of every cluster.
 #[server(prefix = "/api", endpoint = "alerts")]
 pub async fn alerts() -> Result<AlertsView, ServerFnError> {
-    crate::server::session().await?;
-    crate::server::backend()?
+    crate::server::signed_in_backend()
+        .await?
         .alerts()
         .await
         .map_err(crate::server::to_server_error)

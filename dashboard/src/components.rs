@@ -95,6 +95,37 @@ pub fn ErrorBox(#[prop(into)] message: String) -> impl IntoView {
     view! { <p class="error">{message}</p> }
 }
 
+/// A table with these column headings around `rows` (`testid`: its `data-testid`).
+pub fn table(
+    headings: &'static [&'static str],
+    testid: Option<&'static str>,
+    rows: impl IntoView + 'static,
+) -> impl IntoView {
+    let head = headings
+        .iter()
+        .map(|h| view! { <th>{*h}</th> })
+        .collect_view();
+    view! {
+        <table data-testid=testid>
+            <thead>
+                <tr>{head}</tr>
+            </thead>
+            <tbody>{rows}</tbody>
+        </table>
+    }
+}
+
+/// The outcome of an action: green when it worked, red with the error otherwise.
+#[component]
+pub fn Flash(flash: RwSignal<Option<(bool, String)>>) -> impl IntoView {
+    move || {
+        flash.get().map(|(ok, text)| {
+            let class = if ok { "flash ok" } else { "flash bad" };
+            view! { <p class=class data-testid="flash">{text}</p> }
+        })
+    }
+}
+
 /// One line of a chart.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Series {

@@ -34,6 +34,12 @@ pub async fn session() -> Result<Session, ServerFnError> {
     Ok(session)
 }
 
+/// The backend, for a signed-in session only (what every reading server function needs).
+pub async fn signed_in_backend() -> Result<Arc<dyn Backend>, ServerFnError> {
+    session().await?;
+    backend()
+}
+
 /// A backend error as a server function error (its text is safe to show).
 pub fn to_server_error(e: BackendError) -> ServerFnError {
     ServerFnError::new(e.to_string())

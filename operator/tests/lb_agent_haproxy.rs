@@ -173,6 +173,19 @@ struct Ports {
     stats: u16,
 }
 
+impl Ports {
+    /// Free ports for everything.
+    fn free() -> Self {
+        Self {
+            broker_mqtt: free_port(),
+            broker_ws: free_port(),
+            lb_mqtt: free_port(),
+            lb_ws: free_port(),
+            stats: free_port(),
+        }
+    }
+}
+
 fn lb_config(ports: Ports, servers: Vec<BackendServer>) -> LbConfig {
     LbConfig {
         servers,
@@ -334,13 +347,7 @@ async fn publish(ports: Ports, id: &str, extra: &[&str]) -> Result<String, Strin
 #[tokio::test]
 async fn the_runtime_api_client_drives_a_real_haproxy() {
     let mut lab = Lab::new();
-    let ports = Ports {
-        broker_mqtt: free_port(),
-        broker_ws: free_port(),
-        lb_mqtt: free_port(),
-        lb_ws: free_port(),
-        stats: free_port(),
-    };
+    let ports = Ports::free();
     lab.start_broker(ONE, ports.broker_mqtt);
     lab.start_broker(TWO, ports.broker_mqtt);
 
@@ -624,13 +631,7 @@ async fn the_runtime_api_client_drives_a_real_haproxy() {
 #[tokio::test]
 async fn the_collector_reads_real_haproxy_stats_and_alerts_on_a_down_backend() {
     let mut lab = Lab::new();
-    let ports = Ports {
-        broker_mqtt: free_port(),
-        broker_ws: free_port(),
-        lb_mqtt: free_port(),
-        lb_ws: free_port(),
-        stats: free_port(),
-    };
+    let ports = Ports::free();
     lab.start_broker(ONE, ports.broker_mqtt);
     let admin = lab.path("admin.sock");
     let cfg_path = lab.path("haproxy.cfg");

@@ -3,7 +3,7 @@
 use leptos::prelude::*;
 
 use crate::api::alerts;
-use crate::components::{refresh_tick, Badge, ErrorBox};
+use crate::components::{refresh_tick, table, Badge, ErrorBox};
 use crate::model::AlertRow;
 
 /// The alerts page.
@@ -59,20 +59,11 @@ fn rows(list: Vec<AlertRow>, testid: &'static str) -> impl IntoView {
             }
         })
         .collect_view();
-    view! {
-        <table>
-            <thead>
-                <tr>
-                    <th>"When"</th>
-                    <th>"Severity"</th>
-                    <th>"State"</th>
-                    <th>"Alert"</th>
-                    <th>"Cluster"</th>
-                    <th>"Subject"</th>
-                    <th>"Message"</th>
-                </tr>
-            </thead>
-            <tbody>{rows}</tbody>
-        </table>
-    }
+    table(
+        &[
+            "When", "Severity", "State", "Alert", "Cluster", "Subject", "Message",
+        ],
+        None,
+        rows,
+    )
 }

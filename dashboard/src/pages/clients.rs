@@ -7,7 +7,7 @@ use leptos::task::spawn_local;
 use super::{cluster_params, ClusterTabs};
 use crate::api::{clients, kick_client};
 use crate::app::{current_user, is_admin};
-use crate::components::{or_dash, refresh_tick, ErrorBox};
+use crate::components::{or_dash, refresh_tick, table, ErrorBox, Flash};
 use crate::model::{ClientRow, ClientsPage};
 
 /// Clients per page.
@@ -79,18 +79,13 @@ pub fn ClientsScreen() -> impl IntoView {
                 " by username"
             </label>
         </div>
-        {move || {
-            flash.get().map(|(ok, text)| {
-                let class = if ok { "flash ok" } else { "flash bad" };
-                view! { <p class=class data-testid="flash">{text}</p> }
-            })
-        }}
+        <Flash flash/>
         <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || {
                 data.get()
                     .map(|r| match r {
                         Err(e) => view! { <ErrorBox message=e.to_string()/> }.into_any(),
-                        Ok(p) => table(p, page, confirm).into_any(),
+                        Ok(p) => clients_table(p, page, confirm).into_any(),
                     })
             }}
         </Transition>
@@ -125,7 +120,11 @@ pub fn ClientsScreen() -> impl IntoView {
     }
 }
 
-fn table(p: ClientsPage, page: RwSignal<u32>, confirm: RwSignal<Option<String>>) -> impl IntoView {
+fn clients_table(
+    p: ClientsPage,
+    page: RwSignal<u32>,
+    confirm: RwSignal<Option<String>>,
+) -> impl IntoView {
     let admin = is_admin();
     let info = match p.total {
         Some(total) => format!("page {} · {} clients", p.page, total),
@@ -152,25 +151,22 @@ fn table(p: ClientsPage, page: RwSignal<u32>, confirm: RwSignal<Option<String>>)
         {if empty {
             view! { <p class="empty">"No connected client matches."</p> }.into_any()
         } else {
-            view! {
-                <table>
-                    <thead>
-                        <tr>
-                            <th>"Client id"</th>
-                            <th>"Username"</th>
-                            <th>"Node"</th>
-                            <th>"Connected since"</th>
-                            <th>"Address"</th>
-                            <th>"Protocol"</th>
-                            <th>"Subscriptions"</th>
-                            <th>"Queued"</th>
-                            <th></th>
-                        </tr>
-                    </thead>
-                    <tbody>{rows}</tbody>
-                </table>
-            }
-                .into_any()
+            table(
+                &[
+                    "Client id",
+                    "Username",
+                    "Node",
+                    "Connected since",
+                    "Address",
+                    "Protocol",
+                    "Subscriptions",
+                    "Queued",
+                    "",
+                ],
+                None,
+                rows,
+            )
+            .into_any()
         }}
     }
 }

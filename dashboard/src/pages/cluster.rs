@@ -5,7 +5,7 @@ use leptos::prelude::*;
 use super::{cluster_params, ClusterTabs};
 use crate::api::cluster;
 use crate::components::{
-    bytes, duration, or_dash, percent_of, refresh_tick, Badge, ErrorBox, LineChart, Series,
+    bytes, duration, or_dash, percent_of, refresh_tick, table, Badge, ErrorBox, LineChart, Series,
 };
 use crate::model::{BackendRow, ClusterDetail, EventRow, MembershipMatrix, NodeRow};
 
@@ -134,26 +134,23 @@ fn nodes(nodes: Vec<NodeRow>) -> impl IntoView {
             }
         })
         .collect_view();
-    view! {
-        <table>
-            <thead>
-                <tr>
-                    <th>"Pod"</th>
-                    <th>"Node"</th>
-                    <th>"Role"</th>
-                    <th>"Status"</th>
-                    <th>"Membership"</th>
-                    <th>"Health"</th>
-                    <th>"Connections"</th>
-                    <th>"Memory"</th>
-                    <th>"CPU"</th>
-                    <th>"Uptime"</th>
-                    <th>"Version"</th>
-                </tr>
-            </thead>
-            <tbody>{rows}</tbody>
-        </table>
-    }
+    table(
+        &[
+            "Pod",
+            "Node",
+            "Role",
+            "Status",
+            "Membership",
+            "Health",
+            "Connections",
+            "Memory",
+            "CPU",
+            "Uptime",
+            "Version",
+        ],
+        None,
+        rows,
+    )
     .into_any()
 }
 
@@ -229,20 +226,7 @@ fn backends(enabled: bool, rows: Vec<BackendRow>) -> impl IntoView {
             }
         })
         .collect_view();
-    view! {
-        <table>
-            <thead>
-                <tr>
-                    <th>"HAProxy"</th>
-                    <th>"Server"</th>
-                    <th>"State"</th>
-                    <th>"Last check"</th>
-                </tr>
-            </thead>
-            <tbody>{rows}</tbody>
-        </table>
-    }
-    .into_any()
+    table(&["HAProxy", "Server", "State", "Last check"], None, rows).into_any()
 }
 
 fn events(list: Vec<EventRow>) -> impl IntoView {
@@ -263,19 +247,5 @@ fn events(list: Vec<EventRow>) -> impl IntoView {
             }
         })
         .collect_view();
-    view! {
-        <table>
-            <thead>
-                <tr>
-                    <th>"When"</th>
-                    <th>"Type"</th>
-                    <th>"Reason"</th>
-                    <th>"Message"</th>
-                    <th>"Count"</th>
-                </tr>
-            </thead>
-            <tbody>{rows}</tbody>
-        </table>
-    }
-    .into_any()
+    table(&["When", "Type", "Reason", "Message", "Count"], None, rows).into_any()
 }

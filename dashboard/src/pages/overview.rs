@@ -3,7 +3,7 @@
 use leptos::prelude::*;
 
 use crate::api::clusters;
-use crate::components::{refresh_tick, Badge, ErrorBox};
+use crate::components::{refresh_tick, table, Badge, ErrorBox};
 use crate::model::ClusterSummary;
 
 /// The clusters overview.
@@ -27,14 +27,14 @@ pub fn Overview() -> impl IntoView {
                             }
                                 .into_any()
                         }
-                        Ok(list) => table(list).into_any(),
+                        Ok(list) => clusters_table(list).into_any(),
                     })
             }}
         </Transition>
     }
 }
 
-fn table(list: Vec<ClusterSummary>) -> impl IntoView {
+fn clusters_table(list: Vec<ClusterSummary>) -> impl IntoView {
     let rows = list
         .into_iter()
         .map(|c| {
@@ -73,20 +73,17 @@ fn table(list: Vec<ClusterSummary>) -> impl IntoView {
             }
         })
         .collect_view();
-    view! {
-        <table data-testid="clusters">
-            <thead>
-                <tr>
-                    <th>"Cluster"</th>
-                    <th>"Broker"</th>
-                    <th>"Status"</th>
-                    <th>"Nodes"</th>
-                    <th>"Connections"</th>
-                    <th>"Alerts"</th>
-                    <th>"Load balancer"</th>
-                </tr>
-            </thead>
-            <tbody>{rows}</tbody>
-        </table>
-    }
+    table(
+        &[
+            "Cluster",
+            "Broker",
+            "Status",
+            "Nodes",
+            "Connections",
+            "Alerts",
+            "Load balancer",
+        ],
+        Some("clusters"),
+        rows,
+    )
 }

@@ -7,7 +7,7 @@ use leptos::task::spawn_local;
 use super::{cluster_params, ClusterTabs};
 use crate::api::{parse_topics, set_metered_topics, topics};
 use crate::app::{current_user, is_admin};
-use crate::components::{or_dash, refresh_tick, ErrorBox, LineChart, Series};
+use crate::components::{or_dash, refresh_tick, ErrorBox, Flash, LineChart, Series};
 use crate::model::{TopicSeries, TopicsView};
 
 /// The topics page.
@@ -77,12 +77,7 @@ pub fn TopicsScreen() -> impl IntoView {
                 }
             })
         }}
-        {move || {
-            flash.get().map(|(ok, text)| {
-                let class = if ok { "flash ok" } else { "flash bad" };
-                view! { <p class=class data-testid="flash">{text}</p> }
-            })
-        }}
+        <Flash flash/>
         <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || {
                 data.get()
